@@ -1,0 +1,5 @@
+import sys
+
+from longcat.cli import main
+
+sys.exit(main())

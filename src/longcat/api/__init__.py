@@ -1,0 +1,1 @@
+"""HTTP routes for the wire formats: thin glue of decode -> gateway -> encode."""

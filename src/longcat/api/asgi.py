@@ -1,0 +1,137 @@
+"""ASGI plumbing the routes share: JSON bodies, SSE streams, and noticing a client that left.
+
+Engines must stop working for a client that has gone, even while they are silent (queued, or
+reading a long prompt), so we watch the connection for `http.disconnect` ourselves instead of
+waiting for the next write to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from longcat.canonical import ApiError
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class JSONBody(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refusing absurd sizes before reading them into memory."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Disconnected(Exception):
+    """The client closed the connection while we were working for it."""
+
+
+@asynccontextmanager
+async def cancel_on_disconnect(receive: Receive) -> AsyncIterator[None]:
+    """Run the body of the `async with`; if the client disconnects meanwhile, cancel it and
+    raise `Disconnected` instead. The request body must already have been read."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
+        task.uncancel()
+        raise Disconnected from None
+    finally:
+        watcher.cancel()
+
+
+class EventStream:
+    """An SSE response whose status is decided by the first frame.
+
+    `frames` is an async iterator of ready-to-send byte frames. If it raises `ApiError` before
+    its first frame (e.g. the engine is overloaded), the client gets a normal JSON error with the
+    right status; after that, errors are the frame producer's business (an error event).
+    """
+
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        on_error: Callable[[ApiError], Response],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.frames = frames
+        self.on_error = on_error
+        self.headers = headers or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with cancel_on_disconnect(receive):
+                try:
+                    first = await anext(self.frames, None)
+                except ApiError as err:
+                    await self.on_error(err)(scope, receive, send)
+                    return
+                headers = [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ] + [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                if first is not None:
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
+                async for frame in self.frames:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (Disconnected, OSError):
+            return  # nobody is listening any more; the engine was cancelled with the frames
+        finally:
+            await self.frames.aclose()
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
+    """Await `work`; if the client leaves first, cancel it and raise `Disconnected`."""
+    async with cancel_on_disconnect(receive):
+        return await work
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, (bytes, str)) else dumps(data)
+    if isinstance(payload, str):
+        payload = payload.encode()
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + payload + b"\n\n"

@@ -1,0 +1,88 @@
+"""The ASGI application: wires settings, storage, the catalog and the gateway to the routes."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from longcat.api import openai as openai_routes
+from longcat.api.asgi import JSONBody
+from longcat.canonical import ApiError
+from longcat.config import Settings
+from longcat.engines.catalog import Catalog
+from longcat.gateway.pipeline import Gateway
+from longcat.protocols.anthropic_errors import anthropic_error_body
+from longcat.protocols.openai_errors import openai_error_body
+from longcat.store.accounts import AccountStore
+from longcat.store.db import create_engine, create_schema
+
+log = logging.getLogger("longcat.app")
+
+
+def error_response(request: Request, err: ApiError) -> Response:
+    """The error in the format the caller speaks, judged by the path it called."""
+    if request.url.path.startswith("/anthropic"):
+        body = anthropic_error_body(err)
+    else:
+        body = openai_error_body(err)
+    return JSONBody(body, status_code=err.status, headers=err.headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err = ApiError("not_found", "not_found", f"There is no route {request.method} {request.url.path}.")
+    elif exc.status_code == 405:
+        err = ApiError(
+            "invalid_request", "method_not_allowed", f"{request.method} is not allowed on {request.url.path}.", status=405
+        )
+    else:
+        err = ApiError("invalid_request", "invalid_request", str(exc.detail), status=exc.status_code)
+    return error_response(request, err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(request, ApiError("server", "internal_error", "The server failed unexpectedly; please retry."))
+
+
+async def health(request: Request) -> Response:
+    catalog: Catalog = request.app.state.catalog
+    return JSONBody({"status": "ok", "models": sorted(catalog.models)})
+
+
+def create_app(settings: Settings) -> Starlette:
+    db = create_engine(settings.resolved_database_url)
+    accounts = AccountStore(db)
+    catalog = Catalog(settings)
+    gateway = Gateway(settings, accounts, catalog)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        await create_schema(db)
+        await catalog.start()
+        log.info("serving %d model(s): %s", len(catalog.models), ", ".join(catalog.models))
+        try:
+            yield
+        finally:
+            await catalog.close()
+            await db.dispose()
+
+    routes = [Route("/health", health, methods=["GET"])] + openai_routes.routes()
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.accounts = accounts
+    app.state.catalog = catalog
+    app.state.gateway = gateway
+    return app

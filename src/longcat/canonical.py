@@ -1,0 +1,355 @@
+"""The platform's own model of a chat request and of the events a reply is made of.
+
+Every wire format (OpenAI Chat Completions, OpenAI Responses, Anthropic Messages) is a
+translation to and from these types, and every engine consumes a `ChatRequest` and yields
+`Event`s. No format is translated directly into another: that is what lets any engine serve
+any format.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# --------------------------------------------------------------------------- content blocks
+
+
+@dataclass(slots=True)
+class TextBlock:
+    """Plain text."""
+
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(slots=True)
+class ImageBlock:
+    """An image, either inline (base64 `data`) or by `url`."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    type: Literal["image"] = "image"
+
+
+@dataclass(slots=True)
+class ToolUseBlock:
+    """A tool call the assistant made. `arguments` is the raw JSON text as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+    type: Literal["tool_use"] = "tool_use"
+
+
+@dataclass(slots=True)
+class ToolResultBlock:
+    """What a tool returned, sent back by the client for the call `tool_use_id`."""
+
+    tool_use_id: str
+    content: list[TextBlock | ImageBlock]
+    is_error: bool = False
+    type: Literal["tool_result"] = "tool_result"
+
+    def text(self) -> str:
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+@dataclass(slots=True)
+class ThinkingBlock:
+    """Reasoning text, replayed by clients. `signature` lets the platform verify it came from us."""
+
+    text: str
+    signature: str | None = None
+    redacted: bool = False
+    type: Literal["thinking"] = "thinking"
+
+
+Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One turn. Tool results travel as `ToolResultBlock`s inside a user message.
+
+    `system` messages may appear mid-conversation (Claude Code sends them there).
+    """
+
+    role: Role
+    content: list[Block]
+
+    def text(self) -> str:
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+# --------------------------------------------------------------------------- request
+
+
+@dataclass(slots=True)
+class ToolSpec:
+    """A function the model may call; `parameters` is a JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    """`auto` (model decides), `none`, `required` (any tool) or `tool` (the one named)."""
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None
+    parallel: bool = True
+
+
+@dataclass(slots=True)
+class ResponseFormat:
+    """Free text, any JSON object, or JSON matching `schema`."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A format-neutral chat request. `max_tokens=None` means "the platform default"."""
+
+    model: str
+    messages: list[Message]
+    system: list[TextBlock] = field(default_factory=list)
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    thinking: bool | None = None
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    stream: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def system_text(self) -> str:
+        return "\n\n".join(b.text for b in self.system)
+
+    def has_images(self) -> bool:
+        for m in self.messages:
+            for b in m.content:
+                if isinstance(b, ImageBlock):
+                    return True
+                if isinstance(b, ToolResultBlock) and any(isinstance(c, ImageBlock) for c in b.content):
+                    return True
+        return False
+
+
+# --------------------------------------------------------------------------- events
+
+FinishReason = Literal["stop", "length", "tool_calls", "stop_sequence", "content_filter", "error"]
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingSignature:
+    """Closes a thinking block with a signature the platform can later verify."""
+
+    signature: str
+
+
+@dataclass(slots=True)
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True)
+class ToolCallEnd:
+    index: int
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: FinishReason
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class Error:
+    """An engine failure after the stream started; encoders turn it into the format's error event."""
+
+    error: ApiError
+
+
+Event = (
+    TextDelta
+    | ThinkingDelta
+    | ThinkingSignature
+    | ToolCallStart
+    | ToolCallDelta
+    | ToolCallEnd
+    | Usage
+    | Finish
+    | Error
+)
+
+
+def new_tool_call_id() -> str:
+    """Ids that every client accepts: `^[a-zA-Z0-9_-]+$`."""
+    return "call_" + secrets.token_hex(12)
+
+
+# --------------------------------------------------------------------------- collected reply
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole reply, collected from events: what non-streaming responses are built from."""
+
+    text: str = ""
+    thinking: str = ""
+    thinking_signature: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish: Finish = field(default_factory=lambda: Finish("stop"))
+    # Order in which content kinds first appeared, e.g. ["thinking", "text", "tool_use"].
+    order: list[str] = field(default_factory=list)
+
+
+async def collect(events: AsyncIterator[Event]) -> Completion:
+    """Fold a stream of events into one `Completion`. An `Error` event is raised."""
+    out = Completion()
+    text: list[str] = []
+    thinking: list[str] = []
+    calls: dict[int, ToolCall] = {}
+    args: dict[int, list[str]] = {}
+    async for ev in events:
+        if isinstance(ev, TextDelta):
+            if "text" not in out.order:
+                out.order.append("text")
+            text.append(ev.text)
+        elif isinstance(ev, ThinkingDelta):
+            if "thinking" not in out.order:
+                out.order.append("thinking")
+            thinking.append(ev.text)
+        elif isinstance(ev, ThinkingSignature):
+            out.thinking_signature = ev.signature
+        elif isinstance(ev, ToolCallStart):
+            if "tool_use" not in out.order:
+                out.order.append("tool_use")
+            calls[ev.index] = ToolCall(ev.id, ev.name, "")
+            args[ev.index] = []
+        elif isinstance(ev, ToolCallDelta):
+            args.setdefault(ev.index, []).append(ev.arguments)
+        elif isinstance(ev, Usage):
+            out.usage = ev
+        elif isinstance(ev, Finish):
+            out.finish = ev
+        elif isinstance(ev, Error):
+            raise ev.error
+    out.text = "".join(text)
+    out.thinking = "".join(thinking)
+    for i in sorted(calls):
+        calls[i].arguments = "".join(args.get(i, [])) or "{}"
+        out.tool_calls.append(calls[i])
+    return out
+
+
+# --------------------------------------------------------------------------- errors
+
+ErrorKind = Literal[
+    "invalid_request",
+    "authentication",
+    "permission",
+    "not_found",
+    "rate_limit",
+    "server",
+    "upstream",
+    "overloaded",
+]
+
+_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "authentication": 401,
+    "permission": 403,
+    "not_found": 404,
+    "rate_limit": 429,
+    "server": 500,
+    "upstream": 502,
+    "overloaded": 503,
+}
+
+
+class ApiError(Exception):
+    """An error the client should see, in whatever format it speaks.
+
+    `code` is the platform's code (`invalid_parameter`, `invalid_api_key`, `insufficient_quota`,
+    `rate_limit_exceeded`, `context_length_exceeded`, …). `message` must be safe to show: it never
+    contains secrets.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
+        self.param = param
+        self.status = status or _STATUS[kind]
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.kind!r}, {self.code!r}, {self.message!r})"
+
+
+def invalid(message: str, *, param: str | None = None, code: str = "invalid_parameter") -> ApiError:
+    """Shorthand for the most common error: a 400 about the request body."""
+    return ApiError("invalid_request", code, message, param=param)

@@ -1,0 +1,226 @@
+"""The operator's command line: `longcat serve`, `longcat users …`, `longcat keys …`.
+
+Every command reads the same settings as the server (`--data-dir`, `--config`, `LONGCAT_*`), so
+it works on the same database whether the server is running or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from longcat.config import ConfigError, Settings, load_settings
+from longcat.store.accounts import AccountStore, StoreError
+from longcat.store.credentials import new_password
+from longcat.store.db import create_engine, create_schema
+
+ADMIN_EMAIL = "admin@localhost"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="where the database and files live (default ./data, or $LONGCAT_DATA_DIR)")
+    parser.add_argument("--config", help="TOML settings file (default $LONGCAT_CONFIG, or <data-dir>/config.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longcat", description="Self-hostable LLM API platform.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the platform")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+
+    users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="action", required=True)
+    create = users.add_parser("create", help="create an account")
+    _common(create)
+    create.add_argument("email")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    create.add_argument("--admin", action="store_true", help="make the account an administrator")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    kcreate = keys.add_parser("create", help="create an API key; the key is printed alone on the last line")
+    _common(kcreate)
+    kcreate.add_argument("email")
+    kcreate.add_argument("--name", default="default", help="a label for the key, 2-50 characters")
+    klist = keys.add_parser("list", help="list an account's keys")
+    _common(klist)
+    klist.add_argument("email")
+    kdisable = keys.add_parser("disable", help="disable a key (requests with it get 401)")
+    _common(kdisable)
+    kdisable.add_argument("key_id", type=int)
+    kenable = keys.add_parser("enable", help="enable a disabled key")
+    _common(kenable)
+    kenable.add_argument("key_id", type=int)
+    kdelete = keys.add_parser("delete", help="delete a key for good")
+    _common(kdelete)
+    kdelete.add_argument("key_id", type=int)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(args.config, data_dir=args.data_dir, **overrides)
+
+
+def _with_store(settings: Settings, work: Callable[[AccountStore], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await create_schema(engine)
+            return await work(AccountStore(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    if args.password_stdin and len(password or "") < 8:
+        raise StoreError("the password must be at least 8 characters")
+    generated = password is None
+    if generated:
+        password = new_password()
+    account = _with_store(_settings(args), lambda s: s.create_account(args.email, password, is_admin=args.admin))
+    print(f"created account {account.id} {account.email}{' (admin)' if account.is_admin else ''}")
+    if generated:
+        print(f"password: {password}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    async def work(store: AccountStore):
+        account = await store.require_account(args.email)
+        return await store.create_key(account.id, args.name)
+
+    key, secret = _with_store(_settings(args), work)
+    print(f"created key {key.id} {key.name!r} for {args.email}; it is shown only this once:")
+    print(secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    async def work(store: AccountStore):
+        account = await store.require_account(args.email)
+        return await store.list_keys(account.id)
+
+    keys = _with_store(_settings(args), work)
+    print(f"{'ID':>5}  {'NAME':<24} {'KEY':<16} {'STATUS':<9} CREATED")
+    for key in keys:
+        import datetime as dt
+
+        created = dt.datetime.fromtimestamp(key.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{key.id:>5}  {key.name:<24} {key.hint:<16} {key.status:<9} {created}")
+    return 0
+
+
+def _cmd_key_status(status: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        key = _with_store(_settings(args), lambda s: s.set_key_status(args.key_id, status))
+        print(f"key {key.id} {key.name!r} is now {key.status}")
+        return 0
+
+    return run
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from longcat.app import create_app
+
+    settings = _settings(args, host=args.host, port=args.port)
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    first = _with_store(settings, bootstrap)
+    print_banner(settings, first)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0
+
+
+async def bootstrap(store: AccountStore) -> tuple[str, str] | None:
+    """On the very first start, create the admin account and one key; returns (password, key)."""
+    if await store.count_accounts():
+        return None
+    password = new_password()
+    account = await store.create_account(ADMIN_EMAIL, password, is_admin=True)
+    _key, secret = await store.create_key(account.id, "default")
+    return password, secret
+
+
+def print_banner(settings: Settings, first: tuple[str, str] | None) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    model = settings.models[0].id if settings.models else "LongCat-2.0-Preview"
+    lines = [
+        "LongCat API platform",
+        f"  data dir : {settings.data_dir.resolve()}",
+        f"  database : {settings.resolved_database_url.split('://')[0].split('+')[0]}",
+        "  models   : " + ", ".join(f"{m.id} ({m.engine}, context {m.context_window:,})" for m in settings.models),
+        f"  OpenAI   : {base}/openai/v1",
+        f"  Anthropic: {base}/anthropic",
+    ]
+    if first:
+        password, key = first
+        lines += [
+            "",
+            f"First start: created the admin account {ADMIN_EMAIL} (password: {password}).",
+            "Your API key (shown only this once; store it now):",
+            f"  {key}",
+            "Try it:",
+            f"  curl -X POST {base}/openai/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' "
+            f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 100}}'",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
+    ("serve", None): cmd_serve,
+    ("users", "create"): cmd_users_create,
+    ("keys", "create"): cmd_keys_create,
+    ("keys", "list"): cmd_keys_list,
+    ("keys", "disable"): _cmd_key_status("disabled"),
+    ("keys", "enable"): _cmd_key_status("enabled"),
+    ("keys", "delete"): _cmd_key_status("deleted"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = HANDLERS[(args.command, getattr(args, "action", None))]
+    try:
+        return handler(args)
+    except (ConfigError, StoreError) as exc:
+        print(f"longcat: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

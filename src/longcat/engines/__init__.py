@@ -1,0 +1,1 @@
+"""Model engines: everything that turns a canonical `ChatRequest` into canonical events."""

@@ -1,0 +1,48 @@
+"""The model catalog: model ids clients send -> the engine that serves each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from longcat.canonical import ApiError
+from longcat.config import ConfigError, ModelConfig, Settings
+from longcat.engines.base import Engine
+
+log = logging.getLogger("longcat.catalog")
+
+
+def build_engine(model: ModelConfig, settings: Settings) -> Engine:
+    if model.engine == "embedded":
+        from longcat.engines.embedded import EmbeddedEngine
+
+        return EmbeddedEngine(model, threads=settings.embedded_threads, queue_limit=settings.engine_queue_limit)
+    if model.engine == "mock":
+        from longcat.engines.mock import MockEngine
+
+        return MockEngine(model)
+    raise ConfigError(f"model {model.id!r}: unknown engine {model.engine!r} (known: embedded, mock)")
+
+
+class Catalog:
+    def __init__(self, settings: Settings) -> None:
+        self.models: dict[str, ModelConfig] = {m.id: m for m in settings.models}
+        self.engines: dict[str, Engine] = {m.id: build_engine(m, settings) for m in settings.models}
+
+    async def start(self) -> None:
+        await asyncio.gather(*(e.start() for e in self.engines.values()))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
+
+    def route(self, model_id: str) -> tuple[ModelConfig, Engine]:
+        engine = self.engines.get(model_id)
+        if engine is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ApiError(
+                "invalid_request",
+                "invalid_parameter",
+                f"The model {model_id!r} does not exist. Available models: {known}.",
+                param="model",
+            )
+        return self.models[model_id], engine

@@ -1,0 +1,184 @@
+"""Accounts and API keys: the repository every other layer goes through."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from longcat.store.credentials import hash_key, hash_password, key_hint, new_api_key
+from longcat.store.schema import accounts, api_keys
+
+MAX_ACTIVE_KEYS = 100
+MAX_LIFETIME_KEYS = 200
+KEY_STATUSES = ("enabled", "disabled", "deleted")
+
+
+class StoreError(Exception):
+    """A request the store refuses (duplicate email, key limits, …); the message is user-facing."""
+
+
+@dataclass(slots=True, frozen=True)
+class Account:
+    id: int
+    email: str
+    is_admin: bool
+    disabled: bool
+    created_at: int
+
+
+@dataclass(slots=True, frozen=True)
+class ApiKey:
+    id: int
+    account_id: int
+    name: str
+    hint: str
+    status: str
+    created_at: int
+    last_used_at: int | None
+
+
+@dataclass(slots=True, frozen=True)
+class KeyOwner:
+    """What authenticating a key yields: enough to admit and meter a request."""
+
+    key_id: int
+    key_name: str
+    account_id: int
+    email: str
+    is_admin: bool
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or not domain or " " in email or len(email) > 254:
+        raise StoreError(f"not a valid email address: {email!r}")
+    return email
+
+
+def validate_key_name(name: str) -> str:
+    name = name.strip()
+    if not 2 <= len(name) <= 50:
+        raise StoreError("key names are 2 to 50 characters long")
+    return name
+
+
+class AccountStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # ----------------------------------------------------------------- accounts
+
+    async def create_account(self, email: str, password: str | None = None, *, is_admin: bool = False) -> Account:
+        email = normalize_email(email)
+        now = int(time.time())
+        row = {
+            "email": email,
+            "password_hash": hash_password(password) if password else None,
+            "is_admin": is_admin,
+            "disabled": False,
+            "created_at": now,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(insert(accounts).values(**row))
+                account_id = result.inserted_primary_key[0]
+        except IntegrityError:
+            raise StoreError(f"an account with the email {email} already exists") from None
+        return Account(account_id, email, is_admin, False, now)
+
+    async def get_account(self, email: str) -> Account | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.email == normalize_email(email)))).first()
+        return _account(row) if row else None
+
+    async def require_account(self, email: str) -> Account:
+        account = await self.get_account(email)
+        if account is None:
+            raise StoreError(f"no account with the email {normalize_email(email)}")
+        return account
+
+    async def count_accounts(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(accounts))).scalar_one()
+
+    # ----------------------------------------------------------------- keys
+
+    async def create_key(self, account_id: int, name: str) -> tuple[ApiKey, str]:
+        """Create a key; returns its record and the secret, which is never stored or shown again."""
+        name = validate_key_name(name)
+        secret = new_api_key()
+        now = int(time.time())
+        async with self.engine.begin() as conn:
+            counts = dict(
+                (
+                    await conn.execute(
+                        select(api_keys.c.status, func.count())
+                        .where(api_keys.c.account_id == account_id)
+                        .group_by(api_keys.c.status)
+                    )
+                ).all()
+            )
+            if sum(counts.values()) >= MAX_LIFETIME_KEYS:
+                raise StoreError(f"an account can create at most {MAX_LIFETIME_KEYS} keys in its lifetime")
+            if counts.get("enabled", 0) + counts.get("disabled", 0) >= MAX_ACTIVE_KEYS:
+                raise StoreError(f"an account can hold at most {MAX_ACTIVE_KEYS} keys; delete one first")
+            result = await conn.execute(
+                insert(api_keys).values(
+                    account_id=account_id,
+                    name=name,
+                    key_hash=hash_key(secret),
+                    hint=key_hint(secret),
+                    status="enabled",
+                    created_at=now,
+                )
+            )
+            key_id = result.inserted_primary_key[0]
+        return ApiKey(key_id, account_id, name, key_hint(secret), "enabled", now, None), secret
+
+    async def list_keys(self, account_id: int, *, include_deleted: bool = False) -> list[ApiKey]:
+        query = select(api_keys).where(api_keys.c.account_id == account_id).order_by(api_keys.c.id)
+        if not include_deleted:
+            query = query.where(api_keys.c.status != "deleted")
+        async with self.engine.connect() as conn:
+            return [_key(r) for r in (await conn.execute(query)).all()]
+
+    async def get_key(self, key_id: int) -> ApiKey | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    async def set_key_status(self, key_id: int, status: str) -> ApiKey:
+        if status not in KEY_STATUSES:
+            raise StoreError(f"unknown key status {status!r}")
+        key = await self.get_key(key_id)
+        if key is None or key.status == "deleted":
+            raise StoreError(f"no key with id {key_id}")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(status=status))
+        return await self.get_key(key_id)  # type: ignore[return-value]
+
+    async def authenticate(self, secret: str) -> KeyOwner | None:
+        """The owner of an enabled key on an enabled account, or None."""
+        query = (
+            select(api_keys.c.id, api_keys.c.name, accounts.c.id, accounts.c.email, accounts.c.is_admin)
+            .join(accounts, accounts.c.id == api_keys.c.account_id)
+            .where(api_keys.c.key_hash == hash_key(secret))
+            .where(api_keys.c.status == "enabled")
+            .where(accounts.c.disabled.is_(False))
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return KeyOwner(*row) if row else None
+
+
+def _account(row) -> Account:
+    return Account(row.id, row.email, bool(row.is_admin), bool(row.disabled), row.created_at)
+
+
+def _key(row) -> ApiKey:
+    return ApiKey(row.id, row.account_id, row.name, row.hint, row.status, row.created_at, row.last_used_at)
