@@ -11,7 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from longcat.api import anthropic as anthropic_routes
 from longcat.api import openai as openai_routes
+from longcat.api import responses as responses_routes
 from longcat.api.asgi import JSONBody
 from longcat.canonical import ApiError
 from longcat.config import Settings
@@ -74,13 +76,19 @@ def create_app(settings: Settings) -> Starlette:
             await catalog.close()
             await db.dispose()
 
-    routes = [Route("/health", health, methods=["GET"])] + openai_routes.routes()
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        *responses_routes.routes(),
+        *openai_routes.routes(),
+        *anthropic_routes.routes(),
+    ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
     )
     app.state.settings = settings
+    app.state.secret_key = settings.resolved_secret_key()
     app.state.db = db
     app.state.accounts = accounts
     app.state.catalog = catalog

@@ -78,6 +78,9 @@ class Settings:
     embedded_threads: int = 0
     # Seconds a server waits for in-flight requests when asked to stop.
     shutdown_grace: float = 10.0
+    # Signs what the platform hands out and must recognise later (thinking signatures, sessions).
+    # Empty: a random key kept in <data_dir>/secret.key. Replicas must share one.
+    secret_key: str = ""
     models: list[ModelConfig] = field(default_factory=default_models)
     config_file: Path | None = None
 
@@ -86,6 +89,20 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'longcat.db').resolve()}"
+
+    def resolved_secret_key(self) -> bytes:
+        """The signing key: the setting, else the data dir's key file, created on first use."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
 
     def model(self, model_id: str) -> ModelConfig | None:
         for m in self.models:

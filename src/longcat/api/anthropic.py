@@ -1,0 +1,7 @@
+"""Anthropic-format routes (being built)."""
+
+from starlette.routing import BaseRoute
+
+
+def routes() -> list[BaseRoute]:
+    return []
