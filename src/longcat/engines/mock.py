@@ -2,7 +2,8 @@
 
 With no script it echoes the last user message back. With a script (in the catalog entry) it
 follows it: step k of the script answers the k-th model turn after the user last wrote, so a
-client that calls a tool and sends the result back walks through the steps:
+client that calls a tool and sends the result back walks through the steps (a tool step applies
+only when the request offers tools):
 
     [[models]]
     id = "mock-agent"
@@ -129,7 +130,9 @@ class MockEngine(Engine):
                         return
                     yield ThinkingDelta(piece)
 
-            calls = _scripted_calls(step)
+            # A tool step only applies when the request offers tools (a client's side requests,
+            # such as title generation, get the echo instead).
+            calls = _scripted_calls(step) if request.tools else []
             if calls:
                 for index, (name, arguments) in enumerate(calls):
                     yield ToolCallStart(index, new_tool_call_id(), name)
@@ -145,7 +148,7 @@ class MockEngine(Engine):
                 yield Finish("tool_calls")
                 return
 
-            text = str(step["text"]) if step else _echo(request)
+            text = str(step["text"]) if step and "text" in step else _echo(request)
             matcher = StopMatcher(request.stop)
             for piece in pieces(text):
                 if not await tick():

@@ -7,10 +7,14 @@ understood too. When several candidates arrive, any valid one authenticates (a v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from longcat.canonical import ApiError
 from longcat.store.accounts import AccountStore, KeyOwner
+
+# "<key>", "Bearer <key>" or "Authorization: Bearer <key>", any case, any spacing.
+_HEADER_VALUE = re.compile(r"^\s*(?:authorization:\s*)?(?:bearer(?:\s+|$))?(\S*)\s*$", re.IGNORECASE)
 
 
 def key_candidates(headers: Mapping[str, str]) -> list[str]:
@@ -19,11 +23,10 @@ def key_candidates(headers: Mapping[str, str]) -> list[str]:
     for raw in (headers.get("authorization"), headers.get("x-api-key")):
         if not raw:
             continue
-        value = raw.strip()
-        if value.lower().startswith("authorization:"):
-            value = value[len("authorization:") :].strip()
-        if value.lower().startswith("bearer "):
-            value = value[7:].strip()
+        match = _HEADER_VALUE.match(raw)
+        # Anything else (e.g. "Basic …") is kept as is: it will fail as an invalid key, which is
+        # the truthful answer, rather than "no key sent".
+        value = match.group(1) if match else raw.strip()
         if value and value not in found:
             found.append(value)
     return found

@@ -1,0 +1,62 @@
+import asyncio
+
+import pytest
+
+from longcat.canonical import ApiError
+from longcat.engines.scheduler import FairScheduler
+
+
+def test_round_robin_across_tenants():
+    async def main():
+        sched = FairScheduler(slots=1, max_waiting=100)
+        order: list[str] = []
+        await sched.acquire("holder")
+
+        async def job(tenant: str, n: int):
+            await sched.acquire(tenant)
+            order.append(f"{tenant}{n}")
+            await asyncio.sleep(0)
+            sched.release()
+
+        tasks = [asyncio.create_task(job("a", i)) for i in range(4)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(job("b", 0)))
+        await asyncio.sleep(0)
+        sched.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    # b arrived after all of a's requests but is served second, not last.
+    assert asyncio.run(main()) == ["a0", "b0", "a1", "a2", "a3"]
+
+
+def test_cancelled_waiter_does_not_leak_the_slot():
+    async def main():
+        sched = FairScheduler(slots=1, max_waiting=10)
+        await sched.acquire("x")
+        waiter = asyncio.create_task(sched.acquire("y"))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        sched.release()
+        assert sched.busy == 0 and sched.waiting == 0
+        await asyncio.wait_for(sched.acquire("z"), 1)
+        assert sched.busy == 1
+
+    asyncio.run(main())
+
+
+def test_full_queue_is_a_quick_503():
+    async def main():
+        sched = FairScheduler(slots=1, max_waiting=1)
+        await sched.acquire("x")
+        first = asyncio.create_task(sched.acquire("y"))
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError) as info:
+            await sched.acquire("z")
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        return info.value
+
+    err = asyncio.run(main())
+    assert err.status == 503 and err.code == "overloaded"
