@@ -78,6 +78,8 @@ class Settings:
     embedded_threads: int = 0
     # Seconds a server waits for in-flight requests when asked to stop.
     shutdown_grace: float = 10.0
+    # Seconds of engine silence (queue, long prefill) after which a stream sends a keep-alive ping.
+    stream_ping_interval: float = 10.0
     # Signs what the platform hands out and must recognise later (thinking signatures, sessions).
     # Empty: a random key kept in <data_dir>/secret.key. Replicas must share one.
     secret_key: str = ""

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +20,9 @@ from starlette.types import Receive, Scope, Send
 from longcat.canonical import ApiError
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+
+T = TypeVar("T")
+_END = object()
 
 
 def dumps(obj: Any) -> bytes:
@@ -135,3 +138,38 @@ def sse(data: Any, event: str | None = None) -> bytes:
         payload = payload.encode()
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + payload + b"\n\n"
+
+
+async def with_keepalive(items: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+    """`items`, plus a `None` each time `interval` seconds pass without one (0 turns that off).
+
+    The pending `anext` runs in its own task, which a timeout never cancels: cancelling it would
+    abort the engine's generator mid-step. It is cancelled only when the consumer stops early.
+    """
+    it = aiter(items)
+
+    async def step() -> Any:
+        return await anext(it, _END)
+
+    pending: asyncio.Task[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.create_task(step())
+            done, _ = await asyncio.wait({pending}, timeout=interval if interval > 0 else None)
+            if not done:
+                yield None
+                continue
+            item, pending = pending.result(), None
+            if item is _END:
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait({pending})
+            if not pending.cancelled():
+                pending.exception()  # retrieved, so asyncio does not log it as lost
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()

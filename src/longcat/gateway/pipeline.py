@@ -52,14 +52,6 @@ class Gateway:
         model, engine = self.catalog.route(request.model)
         if request.max_tokens is None:
             request.max_tokens = min(self.settings.default_max_tokens, model.max_output)
-        elif request.max_tokens > model.max_output:
-            raise ApiError(
-                "invalid_request",
-                "invalid_parameter",
-                f"max_tokens is {request.max_tokens:,}, but the model {model.id!r} can write at most "
-                f"{model.max_output:,} tokens per reply.",
-                param="max_tokens",
-            )
         if request.has_images() and not model.vision:
             raise ApiError(
                 "invalid_request",
@@ -69,8 +61,17 @@ class Gateway:
             )
         ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id))
         await engine.measure(request, ctx)
+        # A prompt that does not fit is the error to report first: a smaller max_tokens cannot fix it.
         if ctx.prompt_tokens >= model.context_window:
             raise context_exceeded(model, ctx.prompt_tokens)
+        if request.max_tokens > model.max_output:
+            raise ApiError(
+                "invalid_request",
+                "invalid_parameter",
+                f"max_tokens is {request.max_tokens:,}, but the model {model.id!r} can write at most "
+                f"{model.max_output:,} tokens per reply.",
+                param="max_tokens",
+            )
         return Call(owner, model, engine, request, ctx, endpoint, time.perf_counter())
 
     async def events(self, call: Call) -> AsyncIterator[Event]:
