@@ -1,7 +1,195 @@
-"""OpenAI Responses API routes (being built)."""
+"""OpenAI Responses API routes: POST /openai/v1/responses, GET and DELETE
+/openai/v1/responses/{id}, each also without /v1.
 
-from starlette.routing import BaseRoute
+Thin like the chat route (decode -> gateway.admit -> gateway.events -> encode), plus the store:
+`store: true` keeps the finished response for retrieval and for `previous_response_id`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_body, sse, until_disconnect
+from longcat.api.openai import openai_error
+from longcat.canonical import ApiError, Error, Event
+from longcat.gateway.pipeline import Gateway
+from longcat.protocols import openai_responses
+from longcat.protocols.fields import parse_json_object
+from longcat.protocols.openai_responses import ResponseEncoder, ResponsesRequest
+from longcat.store.accounts import KeyOwner
+from longcat.store.responses import ResponseStore
+
+CONTEXT_EXCEEDED = "context_length_exceeded"
+
+Save = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def _store(request: Request) -> ResponseStore:
+    return ResponseStore(request.app.state.db)
+
+
+def _in_responses_terms(err: ApiError) -> ApiError:
+    """The gateway names the output limit `max_tokens`; this format calls it `max_output_tokens`."""
+    if err.param == "max_tokens":
+        err.param = "max_output_tokens"
+        err.message = err.message.replace("max_tokens", "max_output_tokens")
+    return err
+
+
+async def create_response(request: Request) -> Response:
+    gateway = _gateway(request)
+    store = _store(request)
+    decoded: ResponsesRequest | None = None
+    try:
+        owner = await gateway.authenticate(request.headers)
+        body = parse_json_object(await read_body(request))
+        history = await _history(store, owner, openai_responses.previous_response_id(body))
+        decoded = openai_responses.decode(body, history)
+        call = await gateway.admit(owner, decoded.chat, endpoint="responses")
+    except ApiError as err:
+        err = _in_responses_terms(err)
+        if decoded is not None and decoded.chat.stream and err.code == CONTEXT_EXCEEDED:
+            return EventStream(_refusal(ResponseEncoder(decoded), err), openai_error)  # type: ignore[return-value]
+        return openai_error(err)
+
+    headers = {"x-request-id": call.ctx.request_id}
+    encoder = ResponseEncoder(decoded, live_usage=call.ctx.usage)
+    save = _saver(store, owner, decoded) if decoded.store else None
+    if decoded.chat.stream:
+        return EventStream(_frames(gateway.events(call), encoder, save), openai_error, headers)  # type: ignore[return-value]
+
+    try:
+        result = await until_disconnect(request.receive, _collect(gateway.events(call), encoder))
+    except ApiError as err:
+        return openai_error(err)
+    except Disconnected:
+        return Response(status_code=499)
+    if save is not None:
+        await save(result)
+    return JSONBody(result, headers=headers)
+
+
+async def _history(store: ResponseStore, owner: KeyOwner, response_id: str | None) -> list[dict[str, Any]]:
+    if response_id is None:
+        return []
+    stored = await store.get(response_id, owner.account_id)
+    if stored is None:
+        raise ApiError(
+            "invalid_request",
+            "previous_response_not_found",
+            f"Previous response with id {response_id!r} not found. Only responses created with store=true "
+            f"by this account can be continued.",
+            param="previous_response_id",
+        )
+    return stored.history()
+
+
+def _saver(store: ResponseStore, owner: KeyOwner, decoded: ResponsesRequest) -> Save:
+    async def save(body: dict[str, Any]) -> None:
+        await store.save(body, decoded.items, account_id=owner.account_id, key_id=owner.key_id)
+
+    return save
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    return sse(event, event=event["type"])
+
+
+async def _frames(events: AsyncIterator[Event], encoder: ResponseEncoder, save: Save | None) -> AsyncIterator[bytes]:
+    it = aiter(events)
+    try:
+        try:
+            first = await anext(it, None)
+        except ApiError as err:
+            if err.code != CONTEXT_EXCEEDED:
+                raise  # still before the first frame: a plain HTTP error
+            for event in encoder.refuse(err):
+                yield _frame(event)
+            return
+        for event in encoder.start():
+            yield _frame(event)
+        async for event in _prepend(first, it):
+            batch = encoder.encode(event)
+            if encoder.finished and save is not None:
+                # Saved before the final event goes out, so a client that continues from it at
+                # once always finds it.
+                await save(encoder.response)
+                save = None
+            for out in batch:
+                yield _frame(out)
+        batch = encoder.close()
+        if batch and save is not None:
+            await save(encoder.response)
+        for out in batch:
+            yield _frame(out)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+
+
+async def _prepend(first: Event | None, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    if first is not None:
+        yield first
+    async for event in rest:
+        yield event
+
+
+async def _refusal(encoder: ResponseEncoder, err: ApiError) -> AsyncIterator[bytes]:
+    for event in encoder.refuse(err):
+        yield _frame(event)
+
+
+async def _collect(events: AsyncIterator[Event], encoder: ResponseEncoder) -> dict[str, Any]:
+    """Non-streaming: the same events through the same encoder; a failure is an HTTP error."""
+    async for event in events:
+        if isinstance(event, Error):
+            raise event.error
+        encoder.encode(event)
+    encoder.close()
+    return encoder.response
+
+
+async def get_response(request: Request) -> Response:
+    try:
+        owner = await _gateway(request).authenticate(request.headers)
+        stored = await _store(request).get(request.path_params["response_id"], owner.account_id)
+        if stored is None:
+            raise _not_found(request.path_params["response_id"])
+    except ApiError as err:
+        return openai_error(err)
+    return JSONBody(stored.body)
+
+
+async def delete_response(request: Request) -> Response:
+    response_id = request.path_params["response_id"]
+    try:
+        owner = await _gateway(request).authenticate(request.headers)
+        if not await _store(request).delete(response_id, owner.account_id):
+            raise _not_found(response_id)
+    except ApiError as err:
+        return openai_error(err)
+    return JSONBody({"id": response_id, "object": "response", "deleted": True})
+
+
+def _not_found(response_id: str) -> ApiError:
+    # The same answer whether the id never existed or belongs to another account.
+    return ApiError("not_found", "not_found", f"No response found with id {response_id!r}.", param="response_id")
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    out: list[BaseRoute] = []
+    for prefix in ("/openai/v1", "/openai"):
+        out += [
+            Route(prefix + "/responses", create_response, methods=["POST"]),
+            Route(prefix + "/responses/{response_id}", get_response, methods=["GET"]),
+            Route(prefix + "/responses/{response_id}", delete_response, methods=["DELETE"]),
+        ]
+    return out

@@ -12,6 +12,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -44,3 +45,20 @@ api_keys = Table(
     Column("last_used_at", BigInteger, nullable=True),
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
+
+# Responses API objects created with `store: true`: what GET /responses/{id} returns and what
+# `previous_response_id` continues from. `body` is the response object and `items` the input
+# items of the conversation before it, both JSON text.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("key_id", Integer, nullable=True),
+    Column("model", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("items", Text, nullable=False),
+)
+Index("ix_responses_account", responses.c.account_id)

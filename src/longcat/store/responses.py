@@ -1,0 +1,70 @@
+"""Stored Responses API objects: kept when a request says `store: true`, read back by id and by
+`previous_response_id`, and only ever by the account that created them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from longcat.store.schema import responses
+
+
+@dataclass(slots=True, frozen=True)
+class StoredResponse:
+    id: str
+    account_id: int
+    model: str
+    status: str
+    created_at: int
+    body: dict[str, Any]
+    items: list[dict[str, Any]]
+
+    def history(self) -> list[dict[str, Any]]:
+        """What a continuation starts from: the conversation's input, then this response's output."""
+        return self.items + list(self.body.get("output") or [])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class ResponseStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def save(self, body: dict[str, Any], items: list[dict[str, Any]], *, account_id: int, key_id: int | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(responses).values(
+                    id=body["id"],
+                    account_id=account_id,
+                    key_id=key_id,
+                    model=body["model"],
+                    status=body["status"],
+                    created_at=int(body["created_at"]),
+                    body=_dumps(body),
+                    items=_dumps(items),
+                )
+            )
+
+    async def get(self, response_id: str, account_id: int) -> StoredResponse | None:
+        """The response, if it exists and belongs to `account_id`; another account's is None."""
+        query = select(responses).where(responses.c.id == response_id).where(responses.c.account_id == account_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return StoredResponse(
+            row.id, row.account_id, row.model, row.status, row.created_at, json.loads(row.body), json.loads(row.items)
+        )
+
+    async def delete(self, response_id: str, account_id: int) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(responses).where(responses.c.id == response_id).where(responses.c.account_id == account_id)
+            )
+        return result.rowcount > 0
