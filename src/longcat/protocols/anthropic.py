@@ -54,6 +54,7 @@ from longcat.protocols.fields import (
     json_schema_object,
     wrong_type,
 )
+from longcat.protocols.json_prefix import JsonObjectPrefix
 
 SignThinking = Callable[[str], str]
 VerifyThinking = Callable[[str, str], bool]
@@ -424,9 +425,10 @@ class MessageStreamEncoder:
 
     Blocks open on their first delta and close when another kind starts or the message ends, so
     every block is opened before its deltas and closed exactly once, with increasing indexes.
-    A thinking block is closed with a `signature_delta` over its whole text. Engines report tool
-    calls one after another; a delta for a call whose block was already closed is dropped rather
-    than breaking the stream.
+    A thinking block is closed with a `signature_delta` over its whole text. Tool arguments pass
+    through `JsonObjectPrefix`, so clients that parse them as they arrive always can. Engines
+    report tool calls one after another; a delta for a call whose block was already closed is
+    dropped rather than breaking the stream.
     """
 
     def __init__(self, *, model: str, input_tokens: int, sign_thinking: SignThinking, message_id: str | None = None) -> None:
@@ -439,6 +441,7 @@ class MessageStreamEncoder:
         self._open: str | None = None  # "text" | "thinking" | "tool_use"
         self._open_tool: int | None = None  # canonical index of the open tool call
         self._thinking: list[str] = []
+        self._arguments = JsonObjectPrefix()
         self._usage = Usage(input_tokens=input_tokens)
 
     def start(self) -> list[Frame]:
@@ -476,11 +479,13 @@ class MessageStreamEncoder:
             out = self._close()
             out += self._open_block("tool_use", {"type": "tool_use", "id": event.id, "name": event.name, "input": {}})
             self._open_tool = event.index
+            self._arguments = JsonObjectPrefix()
             return out
         if isinstance(event, ToolCallDelta):
-            if self._open != "tool_use" or event.index != self._open_tool or not event.arguments:
+            if self._open != "tool_use" or event.index != self._open_tool:
                 return []
-            return [self._delta({"type": "input_json_delta", "partial_json": event.arguments})]
+            text = self._arguments.feed(event.arguments)
+            return [self._delta({"type": "input_json_delta", "partial_json": text})] if text else []
         if isinstance(event, ToolCallEnd):
             return self._close() if self._open == "tool_use" and event.index == self._open_tool else []
         if isinstance(event, Usage):
@@ -524,6 +529,10 @@ class MessageStreamEncoder:
             signature = self.sign_thinking("".join(self._thinking))
             out.append(self._delta({"type": "signature_delta", "signature": signature}))
             self._thinking = []
+        elif self._open == "tool_use":
+            rest = self._arguments.close()  # an engine's call that ended early or malformed
+            if rest:
+                out.append(self._delta({"type": "input_json_delta", "partial_json": rest}))
         out.append(("content_block_stop", {"type": "content_block_stop", "index": self._next_index - 1}))
         self._open = None
         self._open_tool = None
