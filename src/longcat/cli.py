@@ -150,9 +150,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     server.run()
     return 0
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown, so the process would die
+        of the signal; a clean stop should exit with status 0."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
 
 
 async def bootstrap(store: AccountStore) -> tuple[str, str] | None:
