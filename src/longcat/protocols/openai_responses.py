@@ -96,6 +96,8 @@ class ResponsesRequest:
     text: dict[str, Any] = field(default_factory=lambda: {"format": {"type": "text"}})
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | dict[str, Any] = "auto"
+    # Canonical tool name -> (namespace, name) for the functions of `namespace` tools.
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
     truncation: str = "disabled"
     user: str | None = None
     safety_identifier: str | None = None
@@ -120,7 +122,7 @@ def decode(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
     if instructions:
         system.insert(0, TextBlock(instructions))
 
-    tools, tools_echo = _decode_tools(get_list(body, "tools") or [])
+    tools, tools_echo, namespaced = _decode_tools(get_list(body, "tools") or [])
     tool_choice, choice_echo = _decode_tool_choice(body.get("tool_choice"), tools)
     parallel = get_bool(body, "parallel_tool_calls")
     if parallel is not None:
@@ -173,6 +175,7 @@ def decode(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
         },
         text=text_echo,
         tools=tools_echo,
+        namespaced=namespaced,
         tool_choice=choice_echo,
         truncation=truncation,
         user=get_str(body, "user"),
@@ -246,6 +249,8 @@ def _conversation(items: list[dict[str, Any]], offset: int) -> tuple[list[TextBl
             call_id, name = item.get("call_id"), item.get("name")
             if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
                 raise invalid(f"'{where}' needs a 'call_id' and a 'name'.", param=where)
+            if isinstance(item.get("namespace"), str) and item["namespace"]:
+                name = qualified_name(item["namespace"], name)
             if kind == "function_call":
                 args = item.get("arguments", "{}")
                 args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
@@ -339,40 +344,74 @@ def unseal_reasoning(value: Any) -> str | None:
         return None
 
 
-def _decode_tools(raw: list[Any]) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
-    """Function tools, in the flat Responses form (the nested Chat form is accepted too).
+def _decode_tools(raw: list[Any]) -> tuple[list[ToolSpec], list[dict[str, Any]], dict[str, tuple[str, str]]]:
+    """Function tools, in the flat Responses form (the nested Chat form is accepted too), and the
+    function tools grouped in a `namespace`, which the model sees as `<namespace>__<name>`.
 
-    Every other tool type (namespace, web_search, custom, local_shell, mcp, …) is run by some
-    other provider's servers; it is skipped, never refused, so agents that offer them still work.
+    Returns the canonical tools, their echo for the response object, and the namespaced names
+    (canonical name -> (namespace, name)). Every other tool type (web_search, custom,
+    local_shell, mcp, …) runs on some other provider's servers: it is skipped, never refused,
+    so agents that offer them still work.
     """
     tools: list[ToolSpec] = []
     echo: list[dict[str, Any]] = []
+    namespaced: dict[str, tuple[str, str]] = {}
     for i, tool in enumerate(raw):
         at = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise wrong_type(at, "an object", tool)
-        if tool.get("type") != "function":
-            continue
-        fn = tool["function"] if isinstance(tool.get("function"), dict) else tool
-        name = fn.get("name")
-        if not isinstance(name, str) or not name:
-            raise invalid(f"'{at}.name' is required.", param=f"{at}.name")
-        description = fn.get("description") or ""
-        if not isinstance(description, str):
-            raise wrong_type(f"{at}.description", "a string", description)
-        parameters = json_schema_object(fn.get("parameters"), f"{at}.parameters")
-        tools.append(ToolSpec(name, description, parameters))
-        strict = fn.get("strict")
-        echo.append(
-            {
-                "type": "function",
-                "name": name,
-                "description": description or None,
-                "parameters": parameters,
-                "strict": strict if isinstance(strict, bool) else None,
-            }
-        )
-    return tools, echo
+        if tool.get("type") == "function":
+            spec, fn_echo = _function_tool(tool, at)
+            tools.append(spec)
+            echo.append({"type": "function", **fn_echo})
+        elif tool.get("type") == "namespace":
+            space = tool.get("name")
+            if not isinstance(space, str) or not space:
+                raise invalid(f"'{at}.name' is required for a namespace.", param=f"{at}.name")
+            inner = tool.get("tools") if isinstance(tool.get("tools"), list) else []
+            members = []
+            for j, member in enumerate(inner):
+                if not isinstance(member, dict) or member.get("type") != "function":
+                    continue
+                spec, fn_echo = _function_tool(member, f"{at}.tools[{j}]")
+                namespaced[qualified_name(space, spec.name)] = (space, spec.name)
+                spec.name = qualified_name(space, spec.name)
+                tools.append(spec)
+                members.append({"type": "function", **fn_echo})
+            description = tool.get("description")
+            echo.append(
+                {
+                    "type": "namespace",
+                    "name": space,
+                    "description": description if isinstance(description, str) else "",
+                    "tools": members,
+                }
+            )
+    return tools, echo, namespaced
+
+
+def qualified_name(namespace: str, name: str) -> str:
+    """A namespaced function's name as the model sees it (only [A-Za-z0-9_-], as every engine accepts)."""
+    return f"{namespace}__{name}"
+
+
+def _function_tool(tool: dict[str, Any], at: str) -> tuple[ToolSpec, dict[str, Any]]:
+    fn = tool["function"] if isinstance(tool.get("function"), dict) else tool
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid(f"'{at}.name' is required.", param=f"{at}.name")
+    description = fn.get("description") or ""
+    if not isinstance(description, str):
+        raise wrong_type(f"{at}.description", "a string", description)
+    parameters = json_schema_object(fn.get("parameters"), f"{at}.parameters")
+    strict = fn.get("strict")
+    echo = {
+        "name": name,
+        "description": description or None,
+        "parameters": parameters,
+        "strict": strict if isinstance(strict, bool) else None,
+    }
+    return ToolSpec(name, description, parameters), echo
 
 
 def _decode_tool_choice(raw: Any, tools: list[ToolSpec]) -> tuple[ToolChoice, str | dict[str, Any]]:
@@ -485,6 +524,7 @@ class _Item:
     parts: list[str] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
+    namespace: str | None = None
     done: bool = False
 
     @property
@@ -608,7 +648,8 @@ class ResponseEncoder:
         if isinstance(event, ToolCallStart):
             out = self._close_open()
             item = self._new("function_call", "fc")
-            item.call_id, item.name = event.id, event.name
+            item.call_id = event.id
+            item.namespace, item.name = self.request.namespaced.get(event.name, (None, event.name))
             self._calls[event.index] = item
             self._open = item
             out.append(self._event("response.output_item.added", output_index=item.index, item=self._call_item(item, "in_progress")))
@@ -742,7 +783,7 @@ class ResponseEncoder:
     @staticmethod
     def _call_item(item: _Item, status: str) -> dict[str, Any]:
         arguments = item.text if status == "in_progress" else (item.text or "{}")
-        return {
+        call = {
             "id": item.id,
             "type": "function_call",
             "status": status,
@@ -750,6 +791,9 @@ class ResponseEncoder:
             "name": item.name,
             "arguments": arguments,
         }
+        if item.namespace:
+            call["namespace"] = item.namespace
+        return call
 
     # ------------------------------------------------------------------ the end
 

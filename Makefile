@@ -1,0 +1,46 @@
+# make serve  - set up (first time) and start the platform with the embedded model
+# make test   - set up (first time) and run the whole test suite
+# make bench  - run the benchmarks in bench/
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+AGENTS  = tests/e2e/agents
+ARGS   ?=
+
+.PHONY: serve test test-fast bench lint clean
+
+serve: $(VENV)/.installed
+	$(BIN)/longcat serve $(ARGS)
+
+test: $(VENV)/.dev-installed $(AGENTS)/node_modules/.installed
+	$(BIN)/pytest -q $(ARGS)
+
+# Everything but the real agent CLIs and the embedded model: seconds, not minutes.
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/pytest -q -m "not agent and not embedded" $(ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/engine.py
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests bench
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+$(AGENTS)/node_modules/.installed: $(AGENTS)/package.json $(AGENTS)/package-lock.json
+	cd $(AGENTS) && npm ci --no-audit --no-fund
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(AGENTS)/node_modules .pytest_cache
