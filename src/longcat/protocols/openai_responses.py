@@ -202,7 +202,9 @@ def _conversation(items: list[dict[str, Any]], offset: int) -> tuple[list[TextBl
     so error messages count positions in the client's own `input` only."""
     system: list[TextBlock] = []
     messages: list[Message] = []
-    by_id = {item["id"]: item for item in items if isinstance(item.get("id"), str)}
+    by_id = {
+        item["id"]: item for item in items if isinstance(item.get("id"), str) and item.get("type") != "item_reference"
+    }
 
     def assistant_turn() -> Message:
         # Consecutive assistant items (reasoning, text, calls) are one turn of the model.

@@ -1,0 +1,200 @@
+"""Canonical events -> Responses stream events, validated against the `openai` SDK's types
+(pure: no server)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from longcat.canonical import (
+    ApiError,
+    Error,
+    Finish,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from longcat.protocols.openai_responses import ResponseEncoder, decode, unseal_reasoning
+from tests.support.responses_check import check_response, check_stream, output_text
+
+TOOLS = [
+    {"type": "function", "name": "Bash", "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}},
+    {"type": "namespace", "name": "agents", "description": "d", "tools": [{"type": "function", "name": "spawn"}]},
+]
+
+
+def encoder(**fields) -> ResponseEncoder:
+    return ResponseEncoder(decode({"model": "m", "input": "hi", "tools": TOOLS, **fields}))
+
+
+def run(enc: ResponseEncoder, events) -> list[dict]:
+    out = enc.start()
+    for event in events:
+        out += enc.encode(event)
+    out += enc.close()
+    return out
+
+
+def test_text_then_completed():
+    events = run(encoder(), [TextDelta("Hello"), TextDelta(" world"), Usage(5, 2, 1), Finish("stop")])
+    final = check_stream(events)
+    assert final["status"] == "completed" and output_text(final) == "Hello world"
+    assert final["usage"] == {
+        "input_tokens": 5,
+        "input_tokens_details": {"cached_tokens": 1, "cache_write_tokens": 0},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 7,
+    }
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+
+
+def test_thinking_text_and_tool_calls_are_separate_items():
+    enc = encoder(include=["reasoning.encrypted_content"])
+    events = run(
+        enc,
+        [
+            ThinkingDelta("Let me"),
+            ThinkingDelta(" see."),
+            TextDelta("Running it."),
+            ToolCallStart(0, "call_a", "Bash"),
+            ToolCallDelta(0, '{"command":'),
+            ToolCallDelta(0, ' "ls"}'),
+            ToolCallEnd(0),
+            ToolCallStart(1, "call_b", "agents__spawn"),
+            ToolCallEnd(1),
+            Usage(10, 9),
+            Finish("tool_calls"),
+        ],
+    )
+    final = check_stream(events)
+    reasoning, message, call, spawned = final["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["content"] == [{"type": "reasoning_text", "text": "Let me see."}]
+    assert unseal_reasoning(reasoning["encrypted_content"]) == "Let me see."
+    assert message["content"][0]["text"] == "Running it."
+    assert (call["call_id"], call["name"], json.loads(call["arguments"])) == ("call_a", "Bash", {"command": "ls"})
+    assert "namespace" not in call
+    assert (spawned["name"], spawned["namespace"], spawned["arguments"]) == ("spawn", "agents", "{}")
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == 2
+    kinds = [e["type"] for e in events]
+    assert "response.reasoning_text.delta" in kinds and "response.function_call_arguments.done" in kinds
+
+
+def test_length_is_incomplete_with_the_reason():
+    events = run(encoder(max_output_tokens=2), [TextDelta("a"), TextDelta(" b"), Usage(3, 2), Finish("length")])
+    final = check_stream(events)
+    assert events[-1]["type"] == "response.incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"} and final["max_output_tokens"] == 2
+    assert final["output"][0]["status"] == "incomplete"
+
+
+def test_engine_error_mid_stream_is_response_failed_with_the_platform_code():
+    live = Usage(7, 3)
+    enc = ResponseEncoder(decode({"model": "m", "input": "hi"}), live_usage=live)
+    events = run(enc, [TextDelta("par"), Error(ApiError("upstream", "upstream_error", "engine fell over"))])
+    final = check_stream(events)
+    assert events[-1]["type"] == "response.failed"
+    assert final["error"]["code"] == "upstream_error" and final["error"]["message"] == "engine fell over"
+    assert final["usage"]["input_tokens"] == 7 and final["usage"]["output_tokens"] == 3
+    assert final["output"][0]["status"] == "incomplete"
+
+
+def test_a_stream_that_never_finishes_fails():
+    events = run(encoder(), [TextDelta("x")])
+    assert check_stream(events)["error"]["code"] == "internal_error"
+
+
+def test_refusal_carries_the_message_as_text_and_the_code():
+    err = ApiError("invalid_request", "context_length_exceeded", "needs 9,300 tokens; the window is 8,192")
+    events = encoder().refuse(err)
+    final = check_stream(events)
+    assert final["status"] == "failed" and final["error"]["code"] == "context_length_exceeded"
+    assert output_text(final) == err.message
+    assert final["usage"]["total_tokens"] == 0
+
+
+def test_response_object_echoes_the_request():
+    enc = encoder(
+        instructions="be brief",
+        metadata={"a": "b"},
+        temperature=0.5,
+        text={"format": {"type": "json_object"}},
+        reasoning={"effort": "low", "summary": "auto"},
+        tool_choice="required",
+        previous_response_id="resp_x",
+    )
+    run(enc, [TextDelta("{}"), Finish("stop")])
+    body = enc.response
+    check_response(body)
+    assert body["instructions"] == "be brief" and body["metadata"] == {"a": "b"} and body["temperature"] == 0.5
+    assert body["text"] == {"format": {"type": "json_object"}} and body["reasoning"] == {"effort": "low", "summary": "auto"}
+    assert body["tool_choice"] == "required" and body["previous_response_id"] == "resp_x"
+    assert [t["type"] for t in body["tools"]] == ["function", "namespace"]
+
+
+_piece = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=5)
+_event = st.one_of(
+    st.builds(TextDelta, _piece),
+    st.builds(ThinkingDelta, _piece),
+    st.tuples(st.just("call"), st.lists(_piece, max_size=3)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_event, max_size=12),
+    st.sampled_from(["stop", "length", "tool_calls", "content_filter", "error", "engine-error", "none"]),
+)
+def test_any_event_sequence_makes_a_valid_stream(parts, ending):
+    events = []
+    calls = 0
+    for part in parts:
+        if isinstance(part, tuple):
+            events.append(ToolCallStart(calls, f"call_{calls}", "Bash"))
+            events += [ToolCallDelta(calls, a) for a in part[1]]
+            events.append(ToolCallEnd(calls))
+            calls += 1
+        else:
+            events.append(part)
+    events.append(Usage(4, len(events)))
+    if ending == "engine-error":
+        events.append(Error(ApiError("server", "internal_error", "boom")))
+    elif ending != "none":
+        events.append(Finish(ending))
+    final = check_stream(run(encoder(), events))
+    expected = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert output_text(final) == expected
+
+
+def test_the_checker_itself_rejects_what_the_sdk_does_not_define():
+    good = run(encoder(), [TextDelta("x"), Finish("stop")])
+    check_stream(good)
+    for tamper in (
+        lambda ev: ev[4].update(surprise=1),  # a field the SDK type does not define
+        lambda ev: ev[4].update(sequence_number=99),  # a gap in the sequence
+        lambda ev: ev[4].update(item_id="msg_other"),  # a delta for another item
+        lambda ev: ev[-1]["response"].update(status="done"),  # not a status the SDK knows
+        lambda ev: ev.pop(),  # no terminal event
+    ):
+        events = copy.deepcopy(good)
+        tamper(events)
+        with pytest.raises((AssertionError, ValueError)):
+            check_stream(events)
