@@ -39,6 +39,17 @@ script = [
 ]
 
 [[models]]
+id = "mock-agent-thinking"
+engine = "mock"
+context_window = 1048576
+max_output = 131072
+thinking = "The user wants the marker file; the shell can write it."
+script = [
+  {{ tool = "Bash", arguments = {{ command = "echo claude-code-ran > {MARKER}", description = "Write the marker file" }} }},
+  {{ text = "{ANSWER}" }},
+]
+
+[[models]]
 id = "mock-echo"
 engine = "mock"
 context_window = 1048576
@@ -55,7 +66,9 @@ def scripted_server(tmp_path_factory):
     server.stop()
 
 
-def run_claude(server: Server, workdir: Path, prompt: str, *, small_model: str, output: str = "json") -> subprocess.CompletedProcess[str]:
+def run_claude(
+    server: Server, workdir: Path, prompt: str, *, small_model: str, model: str = "LongCat-2.0-Preview", output: str = "json"
+) -> subprocess.CompletedProcess[str]:
     if not CLAUDE.exists():
         pytest.skip(f"{CLAUDE} is missing: run `npm ci` in tests/e2e/agents")
     home = workdir.parent / "home"
@@ -65,9 +78,9 @@ def run_claude(server: Server, workdir: Path, prompt: str, *, small_model: str, 
         HOME=str(home),
         ANTHROPIC_BASE_URL=server.base_url + "/anthropic",
         ANTHROPIC_AUTH_TOKEN=server.key,
-        ANTHROPIC_MODEL="LongCat-2.0-Preview",
-        ANTHROPIC_DEFAULT_SONNET_MODEL="LongCat-2.0-Preview",
-        ANTHROPIC_DEFAULT_OPUS_MODEL="LongCat-2.0-Preview",
+        ANTHROPIC_MODEL=model,
+        ANTHROPIC_DEFAULT_SONNET_MODEL=model,
+        ANTHROPIC_DEFAULT_OPUS_MODEL=model,
         ANTHROPIC_DEFAULT_HAIKU_MODEL=small_model,
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_AUTOUPDATER="1",
@@ -79,10 +92,13 @@ def run_claude(server: Server, workdir: Path, prompt: str, *, small_model: str, 
                           timeout=TIMEOUT)
 
 
-def test_claude_code_runs_the_scripted_bash_call_and_answers(scripted_server, tmp_path):
+@pytest.mark.parametrize("model", ["LongCat-2.0-Preview", "mock-agent-thinking"])
+def test_claude_code_runs_the_scripted_bash_call_and_answers(scripted_server, tmp_path, model):
+    """With `mock-agent-thinking` each turn starts with a signed thinking block, which Claude Code
+    sends back with the tool result: the second turn only succeeds if the signature verifies."""
     workdir = tmp_path / "project"
     workdir.mkdir()
-    result = run_claude(scripted_server, workdir, "Write the marker file.", small_model="mock-echo")
+    result = run_claude(scripted_server, workdir, "Write the marker file.", small_model="mock-echo", model=model)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["is_error"] is False and report["subtype"] == "success"
