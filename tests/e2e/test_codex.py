@@ -60,7 +60,8 @@ def run_codex(home: Path, key: str, workdir: Path, prompt: str, timeout: float =
 
 @pytest.fixture(scope="module")
 def agent_server(tmp_path_factory):
-    """A mock model scripted like an agent turn: call `exec_command` once, then answer."""
+    """A mock model scripted like an agent turn: think, call `exec_command` once, then answer
+    (Codex replays the reasoning and the call in its second request)."""
     root = tmp_path_factory.mktemp("codex-agent")
     marker = root / "marker.txt"
     command = json.dumps(f"echo codex-tool-ran > {marker}")
@@ -70,6 +71,7 @@ id = "codex-agent"
 engine = "mock"
 context_window = 1048576
 max_output = 131072
+thinking = "I should run the command first."
 script = [
   {{ tool = "exec_command", arguments = {{ cmd = {command} }} }},
   {{ text = "{ANSWER}" }},
