@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,11 +19,14 @@ from longcat.api.asgi import JSONBody
 from longcat.canonical import ApiError
 from longcat.config import Settings
 from longcat.engines.catalog import Catalog
+from longcat.gateway.clock import FileOffsetClock, SystemClock
+from longcat.gateway.counters import MemoryCounters, RedisCounters
 from longcat.gateway.pipeline import Gateway
 from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.openai_errors import openai_error_body
 from longcat.store.accounts import AccountStore
 from longcat.store.db import create_engine, create_schema
+from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.app")
 
@@ -62,17 +66,22 @@ async def health(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     db = create_engine(settings.resolved_database_url)
     accounts = AccountStore(db)
+    usage = UsageStore(db)
     catalog = Catalog(settings)
-    gateway = Gateway(settings, accounts, catalog)
+    counters = RedisCounters(settings.redis_url, settings.redis_prefix) if settings.redis_url else MemoryCounters()
+    clock = FileOffsetClock(Path(settings.clock_file)) if settings.clock_file else SystemClock()
+    gateway = Gateway(settings, accounts, catalog, usage, counters, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         await create_schema(db)
         await catalog.start()
+        await gateway.start()
         log.info("serving %d model(s): %s", len(catalog.models), ", ".join(catalog.models))
         try:
             yield
         finally:
+            await gateway.close()
             await catalog.close()
             await db.dispose()
 
@@ -93,4 +102,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.accounts = accounts
     app.state.catalog = catalog
     app.state.gateway = gateway
+    app.state.usage = usage
     return app

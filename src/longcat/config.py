@@ -80,6 +80,27 @@ class Settings:
     shutdown_grace: float = 10.0
     # Seconds of engine silence (queue, long prefill) after which a stream sends a keep-alive ping.
     stream_ping_interval: float = 10.0
+    # Daily token quota per account (input + output), refreshed at 00:00 Beijing time.
+    daily_quota: int = 5_000_000
+    # The most one account may be granted in one day, its daily quota and feedback refreshes together.
+    daily_quota_cap: int = 120_000_000
+    # Chance that a valid feedback submission refreshes the quota; how many count per day.
+    feedback_refresh_probability: float = 0.5
+    feedback_daily_limit: int = 10
+    # Rate limits per API key and per account (0 = unlimited): requests and tokens per minute,
+    # requests in flight.
+    key_rpm: int = 300
+    key_tpm: int = 5_000_000
+    key_concurrency: int = 16
+    account_rpm: int = 600
+    account_tpm: int = 10_000_000
+    account_concurrency: int = 32
+    # How long a request may hold a concurrency slot or a quota reservation if its replica dies.
+    lease_seconds: float = 1800.0
+    # Key prefix in Redis, so several deployments (or test servers) can share one Redis.
+    redis_prefix: str = "lc:"
+    # For tests only: a file holding seconds to add to the clock (cross midnight without waiting).
+    clock_file: str = ""
     # Signs what the platform hands out and must recognise later (thinking signatures, sessions).
     # Empty: a random key kept in <data_dir>/secret.key. Replicas must share one.
     secret_key: str = ""

@@ -108,16 +108,17 @@ class MockEngine(Engine):
             await asyncio.sleep(self.first_token_delay)
 
         async def tick() -> bool:
-            """Count one output token; False when the budget is spent."""
+            """Make one output token; False when the budget is spent. A token is counted only
+            once it is about to be handed on, so a stream cut while waiting is not charged for it."""
             nonlocal emitted
             if self.fail_after is not None and emitted >= int(self.fail_after):
                 raise _Fail
             if emitted >= budget:
                 return False
-            emitted += 1
-            ctx.usage.output_tokens = emitted
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
+            emitted += 1
+            ctx.usage.output_tokens = emitted
             return True
 
         try:

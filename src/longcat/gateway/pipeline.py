@@ -1,4 +1,9 @@
-"""One request through the gateway: admit it, stream the engine's events, settle its usage."""
+"""One request through the gateway: admit it, stream the engine's events, settle its usage.
+
+`admit` checks the request against the model (no side effects, so a request that is never
+streamed leaks nothing). `events` takes the rate-limit permit and the quota reservation as its
+first step, runs the engine, and settles exactly once however the stream ends.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,13 @@ from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
 from longcat.gateway.auth import authenticate
-from longcat.gateway.metering import Meter
+from longcat.gateway.clock import SystemClock
+from longcat.gateway.counters import Counters, MemoryCounters
+from longcat.gateway.limits import Permit, RateLimiter
+from longcat.gateway.metering import UsageWriter, billed_tokens, make_record
+from longcat.gateway.quota import QuotaKeeper, Reservation
 from longcat.store.accounts import AccountStore, KeyOwner
+from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.gateway")
 
@@ -31,6 +41,9 @@ class Call:
     ctx: CallContext
     endpoint: str
     started: float
+    permit: Permit | None = None
+    reservation: Reservation | None = None
+    settled: bool = False
 
 
 def new_request_id() -> str:
@@ -38,11 +51,34 @@ def new_request_id() -> str:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, accounts: AccountStore, catalog: Catalog, meter: Meter | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: AccountStore,
+        catalog: Catalog,
+        usage: UsageStore,
+        counters: Counters | None = None,
+        clock=None,
+    ) -> None:
         self.settings = settings
         self.accounts = accounts
         self.catalog = catalog
-        self.meter = meter or Meter()
+        self.usage = usage
+        self.clock = clock or SystemClock()
+        self.counters = counters or MemoryCounters()
+        self.limiter = RateLimiter(settings, self.counters)
+        self.quota = QuotaKeeper(settings, self.counters, usage)
+        self.writer = UsageWriter(usage)
+        self._background: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.writer.close()
+        await self.counters.close()
 
     async def authenticate(self, headers: Mapping[str, str]) -> KeyOwner:
         return await authenticate(self.accounts, headers)
@@ -74,41 +110,104 @@ class Gateway:
             )
         return Call(owner, model, engine, request, ctx, endpoint, time.perf_counter())
 
+    async def _acquire(self, call: Call) -> None:
+        """Rate limits, then the quota. Raises 429 / 403 `ApiError`s; holds nothing if it does."""
+        now = self.clock.now()
+        prompt = call.ctx.prompt_tokens or 0
+        call.permit = await self.limiter.acquire(call.owner, call.ctx.request_id, prompt, now)
+        try:
+            call.reservation = await self.quota.reserve(call.owner, call.ctx.request_id, prompt, call.request.max_tokens or 1, now)
+        except BaseException:
+            await self.limiter.release(call.permit, 0, now)
+            call.permit = None
+            raise
+        # The output budget never exceeds what the quota can still pay for.
+        call.request.max_tokens = call.reservation.out_budget
+
     async def events(self, call: Call) -> AsyncIterator[Event]:
         """The engine's events, metered. An `ApiError` before the first event propagates (a
         plain HTTP error, not billed); a failure after it becomes an `Error` event."""
+        await self._acquire(call)
         outcome = "cancelled"
-        started_output = False
+        delivered = False
         try:
             async for event in call.engine.stream(call.request, call.ctx):
-                started_output = True
                 if isinstance(event, Finish):
                     outcome = "length" if event.reason == "length" else "ok"
+                    # Commit the usage before the client learns the response is complete.
+                    await self._settle(call, outcome, delivered=True, durable=True)
                 elif isinstance(event, Error):
                     outcome = "engine_error"
                 yield event
+                delivered = True
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "client_closed"
             raise
         except ApiError as err:
             outcome = "engine_error"
-            if not started_output:
+            if not delivered:
                 raise
             yield Error(err)
         except Exception:
             outcome = "engine_error"
             log.exception("engine %s failed on request %s", call.model.id, call.ctx.request_id)
             err = ApiError("server", "internal_error", f"The engine serving {call.model.id!r} failed; please retry.")
-            if not started_output:
+            if not delivered:
                 raise err from None
             yield Error(err)
         finally:
-            self.meter.settle(
-                owner=call.owner,
-                model=call.model,
-                ctx=call.ctx,
-                endpoint=call.endpoint,
-                stream=call.request.stream,
-                outcome=outcome,
-                started=call.started,
-            )
+            if not call.settled:
+                # We may be inside a cancellation: settle on a task of its own.
+                # A non-streaming client receives nothing until the end, so nothing was delivered.
+                settle = self._settle(call, outcome, delivered=delivered and call.request.stream, durable=False)
+                task = asyncio.get_running_loop().create_task(settle)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _settle(self, call: Call, outcome: str, *, delivered: bool, durable: bool) -> None:
+        """Bill the quota, charge the limiter, write the record; `durable` waits for the disk."""
+        if call.settled:
+            return
+        call.settled = True
+        now = self.clock.now()
+        billed = billed_tokens(call.ctx, outcome, delivered)
+        record = make_record(
+            ctx=call.ctx,
+            account_id=call.owner.account_id,
+            key_id=call.owner.key_id,
+            model=call.model.id,
+            endpoint=call.endpoint,
+            stream=call.request.stream,
+            outcome=outcome,
+            billed=billed,
+            latency_ms=int((time.perf_counter() - call.started) * 1000),
+            day=call.reservation.day if call.reservation else None,
+            now=now,
+            base_quota=call.reservation.base if call.reservation else self.quota.base_for(call.owner.daily_quota),
+        )
+        try:
+            if call.reservation is not None:
+                await self.quota.settle(call.reservation, billed)
+            if call.permit is not None:
+                await self.limiter.release(call.permit, call.ctx.usage.output_tokens, now)
+        except Exception:
+            log.exception("settling counters for %s failed", call.ctx.request_id)
+        log.info(
+            "usage request=%s account=%d key=%d model=%s endpoint=%s stream=%s in=%d out=%d cached=%d billed=%d outcome=%s ms=%d",
+            record.request_id,
+            record.account_id,
+            record.key_id,
+            record.model,
+            record.endpoint,
+            record.stream,
+            record.input_tokens,
+            record.output_tokens,
+            record.cached_tokens,
+            record.billed_tokens,
+            record.status,
+            record.latency_ms,
+        )
+        if durable:
+            await self.writer.commit(record)
+        else:
+            self.writer.submit(record)

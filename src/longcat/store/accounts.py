@@ -28,6 +28,7 @@ class Account:
     is_admin: bool
     disabled: bool
     created_at: int
+    daily_quota: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,6 +43,15 @@ class ApiKey:
 
 
 @dataclass(slots=True, frozen=True)
+class LimitOverrides:
+    """Per-key or per-account limits an admin set; None means "the configured default"."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
 class KeyOwner:
     """What authenticating a key yields: enough to admit and meter a request."""
 
@@ -50,6 +60,9 @@ class KeyOwner:
     account_id: int
     email: str
     is_admin: bool
+    daily_quota: int | None = None
+    key_limits: LimitOverrides = LimitOverrides()
+    account_limits: LimitOverrides = LimitOverrides()
 
 
 def normalize_email(email: str) -> str:
@@ -165,7 +178,20 @@ class AccountStore:
     async def authenticate(self, secret: str) -> KeyOwner | None:
         """The owner of an enabled key on an enabled account, or None."""
         query = (
-            select(api_keys.c.id, api_keys.c.name, accounts.c.id, accounts.c.email, accounts.c.is_admin)
+            select(
+                api_keys.c.id,
+                api_keys.c.name,
+                accounts.c.id,
+                accounts.c.email,
+                accounts.c.is_admin,
+                accounts.c.daily_quota,
+                api_keys.c.rpm_limit,
+                api_keys.c.tpm_limit,
+                api_keys.c.concurrency_limit,
+                accounts.c.rpm_limit,
+                accounts.c.tpm_limit,
+                accounts.c.concurrency_limit,
+            )
             .join(accounts, accounts.c.id == api_keys.c.account_id)
             .where(api_keys.c.key_hash == hash_key(secret))
             .where(api_keys.c.status == "enabled")
@@ -173,11 +199,58 @@ class AccountStore:
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return KeyOwner(*row) if row else None
+        if row is None:
+            return None
+        return KeyOwner(
+            row[0], row[1], row[2], row[3], bool(row[4]), row[5], LimitOverrides(*row[6:9]), LimitOverrides(*row[9:12])
+        )
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        return _account(row) if row else None
+
+    async def set_daily_quota(self, account_id: int, tokens: int | None) -> None:
+        if tokens is not None and tokens < 0:
+            raise StoreError("a daily quota cannot be negative")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(accounts).where(accounts.c.id == account_id).values(daily_quota=tokens))
+
+    async def set_key_limits(self, key_id: int, limits: LimitOverrides) -> ApiKey:
+        key = await self.get_key(key_id)
+        if key is None or key.status == "deleted":
+            raise StoreError(f"no key with id {key_id}")
+        await self._set_limits(api_keys, key_id, limits)
+        return key
+
+    async def set_account_limits(self, account_id: int, limits: LimitOverrides) -> None:
+        await self._set_limits(accounts, account_id, limits)
+
+    async def _set_limits(self, table, row_id: int, limits: LimitOverrides) -> None:
+        values = {
+            f"{name}_limit": value
+            for name, value in (("rpm", limits.rpm), ("tpm", limits.tpm), ("concurrency", limits.concurrency))
+            if value is not None
+        }
+        if any(v < 0 for v in values.values()):
+            raise StoreError("limits cannot be negative (0 means unlimited)")
+        if values:
+            async with self.engine.begin() as conn:
+                await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+
+    async def get_limits(self, table_name: str, row_id: int) -> LimitOverrides:
+        table = api_keys if table_name == "key" else accounts
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(table.c.rpm_limit, table.c.tpm_limit, table.c.concurrency_limit).where(table.c.id == row_id)
+                )
+            ).first()
+        return LimitOverrides(*row) if row else LimitOverrides()
 
 
 def _account(row) -> Account:
-    return Account(row.id, row.email, bool(row.is_admin), bool(row.disabled), row.created_at)
+    return Account(row.id, row.email, bool(row.is_admin), bool(row.disabled), row.created_at, row.daily_quota)
 
 
 def _key(row) -> ApiKey:
