@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,13 +13,15 @@ from starlette.routing import Route
 
 from longcat.api import anthropic as anthropic_routes
 from longcat.api import openai as openai_routes
+from longcat.api import platform as platform_routes
 from longcat.api import responses as responses_routes
 from longcat.api.asgi import JSONBody
 from longcat.canonical import ApiError
 from longcat.config import Settings
 from longcat.engines.catalog import Catalog
-from longcat.gateway.clock import FileOffsetClock, SystemClock
+from longcat.gateway.clock import make_clock
 from longcat.gateway.counters import MemoryCounters, RedisCounters
+from longcat.gateway.feedback import FeedbackDesk
 from longcat.gateway.pipeline import Gateway
 from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.openai_errors import openai_error_body
@@ -69,7 +70,7 @@ def create_app(settings: Settings) -> Starlette:
     usage = UsageStore(db)
     catalog = Catalog(settings)
     counters = RedisCounters(settings.redis_url, settings.redis_prefix) if settings.redis_url else MemoryCounters()
-    clock = FileOffsetClock(Path(settings.clock_file)) if settings.clock_file else SystemClock()
+    clock = make_clock(settings)
     gateway = Gateway(settings, accounts, catalog, usage, counters, clock)
 
     @asynccontextmanager
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> Starlette:
         *responses_routes.routes(),
         *openai_routes.routes(),
         *anthropic_routes.routes(),
+        *platform_routes.routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -103,4 +105,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.catalog = catalog
     app.state.gateway = gateway
     app.state.usage = usage
+    app.state.feedback = FeedbackDesk(settings, gateway.quota)
     return app

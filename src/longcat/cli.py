@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from longcat.config import ConfigError, Settings, load_settings
-from longcat.store.accounts import AccountStore, StoreError
+from longcat.gateway.clock import beijing_day, make_clock
+from longcat.store.accounts import AccountStore, LimitOverrides, StoreError
 from longcat.store.credentials import new_password
 from longcat.store.db import create_engine, create_schema
+from longcat.store.usage import UsageStore
 
 ADMIN_EMAIL = "admin@localhost"
 
@@ -42,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     create.add_argument("--admin", action="store_true", help="make the account an administrator")
 
+    quota = users.add_parser("set-quota", help="set an account's daily token quota")
+    _common(quota)
+    quota.add_argument("email")
+    quota.add_argument("tokens", help="tokens per day, or 'default' for the configured default")
+    usage = users.add_parser("usage", help="show an account's usage and quota for a day")
+    _common(usage)
+    usage.add_argument("email")
+    usage.add_argument("--day", help="YYYY-MM-DD, a Beijing calendar day (default today)")
+    ulimits = users.add_parser("set-limits", help="override an account's rate limits (0 = unlimited)")
+    _common(ulimits)
+    ulimits.add_argument("email")
+    _limit_flags(ulimits)
+
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     kcreate = keys.add_parser("create", help="create an API key; the key is printed alone on the last line")
     _common(kcreate)
@@ -59,7 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     kdelete = keys.add_parser("delete", help="delete a key for good")
     _common(kdelete)
     kdelete.add_argument("key_id", type=int)
+    klimits = keys.add_parser("set-limits", help="override a key's rate limits (0 = unlimited)")
+    _common(klimits)
+    klimits.add_argument("key_id", type=int)
+    _limit_flags(klimits)
     return parser
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rpm", type=int, help="requests per minute")
+    parser.add_argument("--tpm", type=int, help="tokens per minute")
+    parser.add_argument("--concurrency", type=int, help="requests in flight")
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -125,6 +150,75 @@ def _cmd_key_status(status: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         key = _with_store(_settings(args), lambda s: s.set_key_status(args.key_id, status))
         print(f"key {key.id} {key.name!r} is now {key.status}")
+        return 0
+
+    return run
+
+
+def cmd_users_set_quota(args: argparse.Namespace) -> int:
+    if args.tokens == "default":
+        tokens = None
+    elif args.tokens.replace("_", "").replace(",", "").isdigit():
+        tokens = int(args.tokens.replace("_", "").replace(",", ""))
+    else:
+        raise StoreError("TOKENS must be a whole number of tokens, or 'default'")
+    settings = _settings(args)
+
+    async def work(store: AccountStore):
+        account = await store.require_account(args.email)
+        await store.set_daily_quota(account.id, tokens)
+        base = settings.daily_quota if tokens is None else tokens
+        delta = await UsageStore(store.engine).adjust_base(account.id, beijing_day(make_clock(settings).now()), base)
+        return base, delta
+
+    base, delta = _with_store(settings, work)
+    note = f" (today's allowance changed by {delta:+,})" if delta else ""
+    print(f"{args.email}: daily quota {base:,} tokens{note}")
+    return 0
+
+
+def cmd_users_usage(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    day = args.day or beijing_day(make_clock(settings).now())
+
+    async def work(store: AccountStore):
+        account = await store.require_account(args.email)
+        usage = UsageStore(store.engine)
+        return account, await usage.quota_day(account.id, day), await usage.totals(account.id, day), await usage.daily_for_day(account.id, day)
+
+    account, quota, totals, models = _with_store(settings, work)
+    base = settings.daily_quota if account.daily_quota is None else account.daily_quota
+    allowance = (quota.base + quota.granted) if quota else base
+    used = quota.used if quota else 0
+    print(f"{account.email}, {day} (Beijing time)")
+    print(f"  quota     : {allowance:,} tokens (daily {quota.base if quota else base:,} + refreshes {quota.granted if quota else 0:,})")
+    print(f"  used      : {used:,} tokens, {max(0, allowance - used):,} remain")
+    print(f"  requests  : {totals['requests']:,}   input {totals['input_tokens']:,}   output {totals['output_tokens']:,}   cached {totals['cached_tokens']:,}")
+    for row in models:
+        print(f"    {row['model']:<28} {row['requests']:>7,} requests  {row['billed_tokens']:>12,} tokens")
+    return 0
+
+
+def _cmd_set_limits(scope: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        limits = LimitOverrides(args.rpm, args.tpm, args.concurrency)
+        if limits == LimitOverrides():
+            raise StoreError("give at least one of --rpm, --tpm, --concurrency")
+
+        async def work(store: AccountStore):
+            if scope == "key":
+                key = await store.set_key_limits(args.key_id, limits)
+                return f"key {key.id} {key.name!r}", await store.get_limits("key", key.id)
+            account = await store.require_account(args.email)
+            await store.set_account_limits(account.id, limits)
+            return account.email, await store.get_limits("account", account.id)
+
+        who, now = _with_store(_settings(args), work)
+        shown = ", ".join(
+            f"{name} {'default' if value is None else ('unlimited' if value == 0 else value)}"
+            for name, value in (("rpm", now.rpm), ("tpm", now.tpm), ("concurrency", now.concurrency))
+        )
+        print(f"{who}: {shown}")
         return 0
 
     return run
@@ -221,6 +315,10 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("keys", "disable"): _cmd_key_status("disabled"),
     ("keys", "enable"): _cmd_key_status("enabled"),
     ("keys", "delete"): _cmd_key_status("deleted"),
+    ("keys", "set-limits"): _cmd_set_limits("key"),
+    ("users", "set-quota"): cmd_users_set_quota,
+    ("users", "usage"): cmd_users_usage,
+    ("users", "set-limits"): _cmd_set_limits("account"),
 }
 
 

@@ -75,3 +75,8 @@ def describe_refresh(ts: float, now: float) -> str:
     hours, minutes = left // 3600, (left % 3600) // 60
     wait = f"{hours} h {minutes} min" if hours else f"{max(minutes, 1)} min"
     return f"{local:%Y-%m-%d %H:%M} Beijing time ({utc:%H:%M} UTC), in {wait}"
+
+
+def make_clock(settings) -> SystemClock | FileOffsetClock:
+    """The clock the settings ask for: the system's, or an offset one for tests."""
+    return FileOffsetClock(Path(settings.clock_file)) if settings.clock_file else SystemClock()

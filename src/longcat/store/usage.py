@@ -190,6 +190,41 @@ class UsageStore:
             ).all()
         return [{k: v for k, v in r._mapping.items() if k != "account_id"} for r in rows]
 
+    async def daily_for_day(self, account_id: int, day: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(usage_daily)
+                    .where(and_(usage_daily.c.account_id == account_id, usage_daily.c.day == day))
+                    .order_by(usage_daily.c.model)
+                )
+            ).all()
+        return [{k: v for k, v in r._mapping.items() if k not in ("account_id", "day")} for r in rows]
+
+    async def adjust_base(self, account_id: int, day: str, new_base: int) -> int:
+        """An admin changed the daily quota: move today's allowance, and say so in the ledger.
+        Returns the change (0 when the day has not started for the account)."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(quota_days.c.base).where(and_(quota_days.c.account_id == account_id, quota_days.c.day == day))
+                )
+            ).first()
+            if row is None or row.base == new_base:
+                return 0
+            delta = new_base - row.base
+            await conn.execute(
+                update(quota_days)
+                .where(and_(quota_days.c.account_id == account_id, quota_days.c.day == day))
+                .values(base=new_base)
+            )
+            await conn.execute(
+                quota_ledger.insert().values(
+                    account_id=account_id, day=day, kind="admin_adjust", tokens=delta, note="daily quota changed", created_at=time.time()
+                )
+            )
+        return delta
+
     async def records(self, account_id: int, day: str, limit: int = 100) -> list[dict[str, Any]]:
         """The day's most recent requests, newest first."""
         async with self.engine.connect() as conn:
