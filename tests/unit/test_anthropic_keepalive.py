@@ -1,4 +1,5 @@
-"""`with_keepalive`: pings while an engine is silent, without ever cancelling the engine's step."""
+"""`with_keepalive`: pings while an engine is silent, without ever cancelling the engine's step;
+and the Anthropic route's frame producer built on it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import asyncio
 
 import pytest
 
+from longcat.api.anthropic import message_frames
 from longcat.api.asgi import with_keepalive
+from longcat.canonical import ApiError, TextDelta
+from longcat.gateway.signing import Signer
+from longcat.protocols.anthropic import MessageStreamEncoder
+from tests.support.anthropic_stream import check_stream, parse_sse
 
 
 def run(coro):
@@ -81,3 +87,47 @@ def test_stopping_early_cancels_the_pending_step_and_closes_the_source():
 
     assert run(main()) == [1, None]
     assert state == {"cancelled": True, "closed": True}
+
+
+# ------------------------------------------------------------------ the route's frame producer
+
+
+def frames_of(events, interval):
+    encoder = MessageStreamEncoder(model="m", input_tokens=3, sign_thinking=Signer(b"k").sign_thinking)
+
+    async def main():
+        return b"".join([frame async for frame in message_frames(events, encoder, interval)])
+
+    return check_stream(parse_sse(run(main()).decode()))
+
+
+def test_an_engine_error_before_anything_was_sent_propagates_as_an_http_error():
+    async def refused():
+        raise ApiError("overloaded", "overloaded", "busy")
+        yield  # pragma: no cover
+
+    with pytest.raises(ApiError, match="busy"):
+        frames_of(refused(), 0.5)
+
+
+def test_an_engine_error_after_the_stream_started_is_an_error_event():
+    async def late_refusal():
+        await asyncio.sleep(0.3)
+        raise ApiError("overloaded", "overloaded", "busy")
+        yield  # pragma: no cover
+
+    summary = frames_of(late_refusal(), 0.1)
+    assert summary.names[0] == "message_start" and summary.pings >= 1
+    assert summary.error == {"type": "overloaded_error", "message": "busy", "code": "overloaded"}
+
+
+def test_an_engine_that_ends_silently_still_gets_a_complete_message():
+    async def no_finish():
+        yield TextDelta("hi")
+
+    async def nothing():
+        return
+        yield  # pragma: no cover
+
+    assert frames_of(no_finish(), 1).text == "hi"
+    assert frames_of(nothing(), 1).stop_reason == "end_turn"
