@@ -1,0 +1,115 @@
+"""kill -9 in the middle of a load: after a restart, every response a client saw complete is on
+record, the books balance, and the quota continues from what was committed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import threading
+import time
+
+import httpx
+
+from tests.support.server import Server, free_port, write_config
+
+CONFIG = """
+key_rpm = 0
+key_tpm = 0
+key_concurrency = 0
+account_rpm = 0
+account_tpm = 0
+account_concurrency = 0
+
+[[models]]
+id = "mock-steady"
+engine = "mock"
+context_window = 100000
+max_output = 100000
+token_delay = 0.01
+"""
+
+
+def test_kill_9_loses_no_committed_usage(tmp_path):
+    config = write_config(tmp_path / "config.toml", CONFIG)
+    server = Server(tmp_path / "data", config, free_port()).start()
+    key = server.new_key("crash@example.com")
+    completed: dict[str, int] = {}  # request id -> total tokens the client was told
+    stop = threading.Event()
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        body = {
+            "model": "mock-steady",
+            "messages": [{"role": "user", "content": " ".join(["tok"] * (5 + i % 40))}],
+            "stream": i % 2 == 0,
+            "stream_options": {"include_usage": True},
+        }
+        try:
+            if body["stream"]:
+                async with client.stream("POST", "/openai/v1/chat/completions", json=body) as r:
+                    total = None
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: {") and '"usage":{' in line:
+                            total = json.loads(line[6:])["usage"]["total_tokens"]
+                        if line == "data: [DONE]" and total is not None:
+                            completed[r.headers["x-request-id"]] = total
+            else:
+                r = await client.post("/openai/v1/chat/completions", json=body)
+                if r.status_code == 200:
+                    completed[r.headers["x-request-id"]] = r.json()["usage"]["total_tokens"]
+        except (httpx.HTTPError, json.JSONDecodeError):
+            pass  # the server died under us: this response never completed
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            tasks: set[asyncio.Task] = set()
+            i = 0
+            deadline = time.monotonic() + 20
+            while not stop.is_set() and time.monotonic() < deadline:
+                while len(tasks) < 30:
+                    task = asyncio.create_task(one(client, i))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    i += 1
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    loader = threading.Thread(target=lambda: asyncio.run(load()))
+    loader.start()
+    deadline = time.monotonic() + 15
+    while len(completed) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    stop.set()
+    loader.join(30)
+    assert len(completed) >= 60, "the load did not get going"
+
+    db = sqlite3.connect(server.data_dir / "longcat.db")
+    records = dict(db.execute("select request_id, billed_tokens from usage_records").fetchall())
+    missing = [rid for rid in completed if rid not in records]
+    assert not missing, f"{len(missing)} completed responses have no usage record"
+    assert all(records[rid] == total for rid, total in completed.items())
+    # The books balance: quota used == sum of records == the daily aggregates.
+    used = db.execute("select sum(used) from quota_days").fetchone()[0]
+    billed, count = db.execute("select sum(billed_tokens), count(*) from usage_records").fetchone()
+    assert used == billed == db.execute("select sum(billed_tokens) from usage_daily").fetchone()[0]
+    assert count == db.execute("select sum(requests) from usage_daily").fetchone()[0]
+    assert db.execute("select kind from quota_ledger").fetchall() == [("daily_allowance",)]
+    db.close()
+
+    # After a restart the quota continues from what was committed.
+    server.start()
+    try:
+        report = httpx.get(server.base_url + "/api/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
+        assert report["quota"]["used"] == billed
+        r = httpx.post(
+            server.base_url + "/openai/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "mock-steady", "messages": [{"role": "user", "content": "after the crash"}]},
+        )
+        assert r.status_code == 200
+        report = httpx.get(server.base_url + "/api/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
+        assert report["quota"]["used"] == billed + r.json()["usage"]["total_tokens"]
+    finally:
+        server.stop()
