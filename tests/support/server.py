@@ -30,11 +30,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli(data_dir: Path, *args: str, config: Path | None = None, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    data_dir: Path,
+    *args: str,
+    config: Path | None = None,
+    input: str | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "longcat", *args, "--data-dir", str(data_dir)]
     if config:
         cmd += ["--config", str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60, env=_env())
+    result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60, env=_env(env))
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -95,11 +102,14 @@ class Server:
             self.proc.kill()
             return self.proc.wait(10)
 
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the CLI against this server's data dir, config and environment."""
+        return cli(self.data_dir, *args, config=self.config, check=check, input=input, env=self.env)
+
     def new_key(self, email: str, name: str = "test") -> str:
-        if cli(self.data_dir, "keys", "list", email, config=self.config, check=False).returncode != 0:
-            cli(self.data_dir, "users", "create", email, config=self.config)
-        out = cli(self.data_dir, "keys", "create", email, "--name", name, config=self.config).stdout
-        return out.strip().splitlines()[-1]
+        if self.cli("keys", "list", email, check=False).returncode != 0:
+            self.cli("users", "create", email)
+        return self.cli("keys", "create", email, "--name", name).stdout.strip().splitlines()[-1]
 
 
 def write_config(path: Path, text: str) -> Path:

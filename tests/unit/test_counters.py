@@ -44,10 +44,19 @@ def run(coro):
     return asyncio.run(coro)
 
 
+class ScratchRedisCounters(RedisCounters):
+    """Real Redis counters under a fresh prefix, removed again on close."""
+
+    async def close(self) -> None:
+        async for key in self.redis.scan_iter(self.prefix + "*"):
+            await self.redis.delete(key)
+        await super().close()
+
+
 def make(kind: str):
     if kind == "memory":
         return MemoryCounters()
-    return RedisCounters(REDIS_URL, prefix=f"test:{uuid.uuid4().hex}:")
+    return ScratchRedisCounters(REDIS_URL, prefix=f"test:{uuid.uuid4().hex}:")
 
 
 ops = st.lists(

@@ -1,0 +1,170 @@
+"""Scale-out: two gateway processes on one PostgreSQL and one Redis share keys, rate limits,
+concurrency limits and quotas exactly, as if they were one."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from tests.support.server import Server, free_port, write_config
+
+CONFIG = """
+daily_quota = 100000
+
+[[models]]
+id = "mock-echo"
+engine = "mock"
+context_window = 100000
+max_output = 100000
+
+[[models]]
+id = "mock-slow"
+engine = "mock"
+context_window = 100000
+max_output = 100000
+token_delay = 0.05
+"""
+
+
+def psql(sql: str) -> None:
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c", sql], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    name = f"lc_test_{uuid.uuid4().hex[:12]}"
+    psql(f"CREATE DATABASE {name}")
+    env = {
+        "LONGCAT_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+        "LONGCAT_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "LONGCAT_REDIS_PREFIX": f"test:{name}:",
+        "LONGCAT_SECRET_KEY": uuid.uuid4().hex,
+    }
+    servers = []
+    try:
+        for i in range(2):
+            data = tmp_path_factory.mktemp(f"replica{i}")
+            config = write_config(data / "config.toml", CONFIG)
+            servers.append(Server(data, config, free_port(), env=dict(env)).start())
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        r = redis.Redis.from_url(env["LONGCAT_REDIS_URL"])
+        for k in r.scan_iter(f"test:{name}:*"):
+            r.delete(k)
+        r.close()
+
+
+def new_account(server: Server, **limits) -> tuple[str, str]:
+    email = f"r{uuid.uuid4().hex[:10]}@example.com"
+    key = server.new_key(email)
+    if limits:
+        key_id = server.cli("keys", "list", email).stdout.splitlines()[1].split()[0]
+        server.cli("keys", "set-limits", key_id, *[x for k, v in limits.items() for x in (f"--{k}", str(v))])
+    return email, key
+
+
+def chat(server: Server, key: str, text: str = "hello there", model: str = "mock-echo") -> httpx.Response:
+    return httpx.post(
+        server.base_url + "/openai/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": model, "messages": [{"role": "user", "content": text}]},
+        timeout=30,
+    )
+
+
+def test_a_key_made_on_one_replica_works_on_the_other(replicas):
+    a, b = replicas
+    _, key = new_account(a)
+    assert chat(a, key).status_code == 200 and chat(b, key).status_code == 200
+
+
+def test_rate_limit_is_shared(replicas):
+    a, b = replicas
+    _, key = new_account(a, rpm=6)
+    codes = [chat(replicas[i % 2], key).status_code for i in range(12)]
+    assert codes.count(200) == 6 and codes.count(429) == 6
+    assert codes[:6] == [200] * 6
+
+
+def test_concurrency_limit_is_shared(replicas):
+    a, b = replicas
+    _, key = new_account(a, concurrency=1)
+    started = threading.Event()
+
+    def slow():
+        with httpx.stream(
+            "POST",
+            a.base_url + "/openai/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "mock-slow", "messages": [{"role": "user", "content": "a b c d e f g h"}], "stream": True},
+            timeout=30,
+        ) as r:
+            for _ in r.iter_lines():
+                started.set()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    assert started.wait(10)
+    assert chat(b, key).status_code == 429
+    t.join(30)
+    assert chat(b, key).status_code == 200
+
+
+def test_quota_is_exact_across_replicas(replicas):
+    a, b = replicas
+    email, key = new_account(a, concurrency=0)
+    a.cli("users", "set-quota", email, "2000")
+    a.cli("users", "set-limits", email, "--concurrency", "0")
+
+    async def hammer() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            jobs = [
+                client.post(
+                    replicas[i % 2].base_url + "/openai/v1/chat/completions",
+                    # Each reserves its prompt (43) and max_tokens (50) while in flight.
+                    json={"model": "mock-echo", "max_tokens": 50, "messages": [{"role": "user", "content": " ".join(["w"] * 40)}]},
+                )
+                for i in range(60)
+            ]
+            return await asyncio.gather(*jobs)
+
+    responses = asyncio.run(hammer())
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 403]
+    assert len(ok) + len(refused) == 60 and refused
+    spent = sum(r.json()["usage"]["total_tokens"] for r in ok)
+    # Never more than the quota; and only a prompt's worth (43 + 1 tokens) can be left unusable.
+    assert 2000 - 44 < spent <= 2000
+    for server in (a, b):
+        report = httpx.get(server.base_url + "/api/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
+        assert report["quota"]["used"] == spent == report["totals"]["billed_tokens"]
+
+
+def test_a_feedback_refresh_on_one_replica_counts_on_the_other(replicas):
+    a, b = replicas
+    email, key = new_account(a)
+    a.cli("users", "set-quota", email, "300")
+    while chat(a, key, " ".join(["w"] * 50)).status_code == 200:
+        pass
+    assert chat(b, key, " ".join(["w"] * 50)).status_code == 403
+    granted = 0
+    for i in range(10):  # refreshes are a coin toss (p = 0.5 by default)
+        r = httpx.post(
+            b.base_url + "/api/v1/feedback",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"rating": 5, "category": "quality", "text": f"Useful feedback number {i} about answers."},
+        ).json()
+        granted += r["granted"]
+        if r["refreshed"]:
+            break
+    if granted:
+        assert chat(a, key, " ".join(["w"] * 50)).status_code == 200
