@@ -28,6 +28,7 @@ from longcat.store.accounts import AccountStore, KeyOwner
 from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.gateway")
+usage_log = logging.getLogger("longcat.usage")
 
 
 @dataclass(slots=True)
@@ -192,7 +193,7 @@ class Gateway:
                 await self.limiter.release(call.permit, call.ctx.usage.output_tokens, now)
         except Exception:
             log.exception("settling counters for %s failed", call.ctx.request_id)
-        log.info(
+        usage_log.info(
             "usage request=%s account=%d key=%d model=%s endpoint=%s stream=%s in=%d out=%d cached=%d billed=%d outcome=%s ms=%d",
             record.request_id,
             record.account_id,
