@@ -39,7 +39,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	touch $(VENV)/.installed $@
 
 $(AGENTS)/node_modules/.installed: $(AGENTS)/package.json $(AGENTS)/package-lock.json
-	cd $(AGENTS) && npm ci --no-audit --no-fund
+	cd $(AGENTS) && npm install --no-audit --no-fund
 	touch $@
 
 clean:

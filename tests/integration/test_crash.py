@@ -113,3 +113,42 @@ def test_kill_9_loses_no_committed_usage(tmp_path):
         assert report["quota"]["used"] == billed + r.json()["usage"]["total_tokens"]
     finally:
         server.stop()
+
+
+def test_shutdown_settles_requests_in_flight(tmp_path):
+    # shutdown_grace is a top-level key, so it goes before the first table.
+    config = write_config(tmp_path / "config.toml", "shutdown_grace = 1\n" + CONFIG.replace("token_delay = 0.01", "token_delay = 0.2"))
+    server = Server(tmp_path / "data", config, free_port()).start()
+    key = server.new_key("shutdown@example.com")
+    got = threading.Event()
+    received = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                server.base_url + "/openai/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "mock-steady", "messages": [{"role": "user", "content": " ".join(["w"] * 200)}], "stream": True},
+                timeout=30,
+            ) as r:
+                for line in r.iter_lines():
+                    if '"content":"' in line and '"role"' not in line:
+                        received.append(line)
+                        got.set()
+        except httpx.HTTPError:
+            pass
+
+    t = threading.Thread(target=stream)
+    t.start()
+    assert got.wait(10)
+    assert server.stop(signal.SIGTERM) == 0
+    t.join(10)
+    db = sqlite3.connect(server.data_dir / "longcat.db")
+    rows = db.execute("select status, output_tokens, billed_tokens, input_tokens from usage_records").fetchall()
+    assert len(rows) == 1
+    status, output, billed, inp = rows[0]
+    # Cut by the shutdown after its grace period: billed for what it produced, nothing lost.
+    assert 0 < output < 200 and billed == inp + output
+    assert output >= len(received)
+    assert db.execute("select sum(used) from quota_days").fetchone()[0] == billed

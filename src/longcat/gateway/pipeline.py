@@ -71,11 +71,19 @@ class Gateway:
         self.quota = QuotaKeeper(settings, self.counters, usage)
         self.writer = UsageWriter(usage)
         self._background: set[asyncio.Task] = set()
+        self._active: set[str] = set()  # request ids holding a permit, not yet settled
 
     async def start(self) -> None:
         await self.writer.start()
 
-    async def close(self) -> None:
+    async def close(self, wait: float = 5.0) -> None:
+        """Let requests that are still ending settle, write what is queued, then stop.
+
+        At shutdown the server cancels requests that outlive the grace period; their settlement
+        runs a moment later, so wait for every admitted request to be settled first."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while self._active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.writer.close()
@@ -116,11 +124,13 @@ class Gateway:
         now = self.clock.now()
         prompt = call.ctx.prompt_tokens or 0
         call.permit = await self.limiter.acquire(call.owner, call.ctx.request_id, prompt, now)
+        self._active.add(call.ctx.request_id)
         try:
             call.reservation = await self.quota.reserve(call.owner, call.ctx.request_id, prompt, call.request.max_tokens or 1, now)
         except BaseException:
             await self.limiter.release(call.permit, 0, now)
             call.permit = None
+            self._active.discard(call.ctx.request_id)
             raise
         # The output budget never exceeds what the quota can still pay for.
         call.request.max_tokens = call.reservation.out_budget
@@ -208,6 +218,7 @@ class Gateway:
             record.status,
             record.latency_ms,
         )
+        self._active.discard(call.ctx.request_id)
         if durable:
             await self.writer.commit(record)
         else:
