@@ -254,43 +254,64 @@ class Completion:
     order: list[str] = field(default_factory=list)
 
 
-async def collect(events: AsyncIterator[Event]) -> Completion:
-    """Fold a stream of events into one `Completion`. An `Error` event is raised."""
-    out = Completion()
-    text: list[str] = []
-    thinking: list[str] = []
-    calls: dict[int, ToolCall] = {}
-    args: dict[int, list[str]] = {}
-    async for ev in events:
+class Collector:
+    """Folds events, one at a time, into a `Completion`. An `Error` event is raised."""
+
+    def __init__(self) -> None:
+        self.out = Completion()
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._calls: dict[int, ToolCall] = {}
+        self._args: dict[int, list[str]] = {}
+
+    def _saw(self, kind: str) -> None:
+        if kind not in self.out.order:
+            self.out.order.append(kind)
+
+    def add(self, ev: Event) -> None:
         if isinstance(ev, TextDelta):
-            if "text" not in out.order:
-                out.order.append("text")
-            text.append(ev.text)
+            self._saw("text")
+            self._text.append(ev.text)
         elif isinstance(ev, ThinkingDelta):
-            if "thinking" not in out.order:
-                out.order.append("thinking")
-            thinking.append(ev.text)
+            self._saw("thinking")
+            self._thinking.append(ev.text)
         elif isinstance(ev, ThinkingSignature):
-            out.thinking_signature = ev.signature
+            self.out.thinking_signature = ev.signature
         elif isinstance(ev, ToolCallStart):
-            if "tool_use" not in out.order:
-                out.order.append("tool_use")
-            calls[ev.index] = ToolCall(ev.id, ev.name, "")
-            args[ev.index] = []
+            self._saw("tool_use")
+            self._calls[ev.index] = ToolCall(ev.id, ev.name, "")
+            self._args[ev.index] = []
         elif isinstance(ev, ToolCallDelta):
-            args.setdefault(ev.index, []).append(ev.arguments)
+            self._args.setdefault(ev.index, []).append(ev.arguments)
         elif isinstance(ev, Usage):
-            out.usage = ev
+            self.out.usage = ev
         elif isinstance(ev, Finish):
-            out.finish = ev
+            self.out.finish = ev
         elif isinstance(ev, Error):
             raise ev.error
-    out.text = "".join(text)
-    out.thinking = "".join(thinking)
-    for i in sorted(calls):
-        calls[i].arguments = "".join(args.get(i, [])) or "{}"
-        out.tool_calls.append(calls[i])
-    return out
+
+    def result(self) -> Completion:
+        self.out.text = "".join(self._text)
+        self.out.thinking = "".join(self._thinking)
+        self.out.tool_calls = []
+        for i in sorted(self._calls):
+            call = self._calls[i]
+            self.out.tool_calls.append(ToolCall(call.id, call.name, "".join(self._args.get(i, [])) or "{}"))
+        return self.out
+
+
+async def collect(events: AsyncIterator[Event]) -> Completion:
+    """Fold a stream of events into one `Completion`. An `Error` event is raised."""
+    collector = Collector()
+    try:
+        async for ev in events:
+            collector.add(ev)
+    finally:
+        # Stop the producer now, not whenever the generator is garbage collected.
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return collector.result()
 
 
 # --------------------------------------------------------------------------- errors

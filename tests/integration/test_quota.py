@@ -32,6 +32,13 @@ context_window = 100000
 max_output = 100000
 
 [[models]]
+id = "mock-fail"
+engine = "mock"
+context_window = 100000
+max_output = 100000
+fail_after_tokens = 3
+
+[[models]]
 id = "mock-slow"
 engine = "mock"
 context_window = 100000
@@ -154,6 +161,21 @@ def test_failed_requests_are_not_billed(server):
     assert usage(server, key)["quota"]["used"] == before
 
 
+def test_engine_failures_bill_only_what_was_delivered(server):
+    _, key = new_key(server)
+    # Non-streaming: the engine failed before the client got anything, so it costs nothing.
+    r = chat(server, key, "a b c d e f", model="mock-fail")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert usage(server, key)["quota"]["used"] == 0
+    # Streaming: three tokens reached the client before the failure; those and the prompt count.
+    r = chat(server, key, "a b c d e f", model="mock-fail", stream=True)
+    assert r.status_code == 200 and '"error"' in r.text
+    report = usage(server, key)
+    assert report["quota"]["used"] == 9 + 3
+    assert sorted(x["status"] for x in report["recent"]) == ["engine_error", "engine_error"]
+    assert sorted(x["billed_tokens"] for x in report["recent"]) == [0, 12]
+
+
 def test_streaming_and_non_streaming_cost_the_same(server):
     _, key = new_key(server)
     plain = chat(server, key, "alpha beta gamma delta").json()["usage"]["total_tokens"]
@@ -192,6 +214,10 @@ def test_429_body_is_the_seeds_byte_for_byte(server):
     with pytest.raises(openai.RateLimitError):
         openai.OpenAI(api_key=key, base_url=server.base_url + "/openai/v1", max_retries=0).chat.completions.create(
             model="mock-echo", messages=[{"role": "user", "content": "x"}]
+        )
+    with pytest.raises(anthropic.RateLimitError):
+        anthropic.Anthropic(api_key=key, base_url=server.base_url + "/anthropic", max_retries=0).messages.create(
+            model="mock-echo", max_tokens=10, messages=[{"role": "user", "content": "x"}]
         )
 
 

@@ -149,10 +149,13 @@ async def _refusal(encoder: ResponseEncoder, err: ApiError) -> AsyncIterator[byt
 
 async def _collect(events: AsyncIterator[Event], encoder: ResponseEncoder) -> dict[str, Any]:
     """Non-streaming: the same events through the same encoder; a failure is an HTTP error."""
-    async for event in events:
-        if isinstance(event, Error):
-            raise event.error
-        encoder.encode(event)
+    try:
+        async for event in events:
+            if isinstance(event, Error):
+                raise event.error
+            encoder.encode(event)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
     encoder.close()
     return encoder.response
 

@@ -148,7 +148,9 @@ class Gateway:
                     # Commit the usage before the client learns the response is complete.
                     await self._settle(call, outcome, delivered=True, durable=True)
                 elif isinstance(event, Error):
+                    # Nothing follows an error, and a consumer may stop reading at it: settle now.
                     outcome = "engine_error"
+                    await self._settle(call, outcome, delivered=delivered and call.request.stream, durable=True)
                 yield event
                 delivered = True
         except (asyncio.CancelledError, GeneratorExit):
