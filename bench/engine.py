@@ -108,7 +108,10 @@ def main() -> int:
             direct, api = [], []
             for i in range(args.runs):
                 seed = 1000 + i
+                # llama.cpp's threads spin a while after work; let each side start on idle cores.
+                time.sleep(0.5)
                 direct.append(direct_run(llama, args.tokens, seed))
+                time.sleep(0.5)
                 api.append(http_run(server, args.tokens, seed))
         finally:
             server.stop()
