@@ -228,3 +228,26 @@ def test_concurrent_requests_queue_and_all_finish(embedded_server):
     for t in threads:
         t.join(120)
     assert results == [200] * 6
+
+
+def test_a_schema_too_big_to_enforce_is_a_400_not_a_crash(client, embedded_server):
+    # {"maxLength": 100000} expands to a grammar nested 100,000 deep: llama.cpp's recursive
+    # parser would overflow its stack and take the server down.
+    huge = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 100000}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="LongCat-2.0-Preview",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": huge}},
+        )
+    assert "too large or too deeply nested" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="LongCat-2.0-Preview",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": huge}}],
+            tool_choice="required",
+        )
+    assert httpx.get(embedded_server.base_url + "/health").status_code == 200

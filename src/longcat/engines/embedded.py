@@ -345,6 +345,16 @@ class EmbeddedEngine(Engine):
                 ) from None
         if wrap_tool_call:
             gbnf = gbnf.replace("root ::=", "call ::=", 1) + f'\nroot ::= "{TOOL_OPEN}\\n" call "\\n</tool_call>"\n'
+        # llama.cpp parses grammars recursively: a schema like {"maxLength": 20000} nests that
+        # deep and overflows the stack, killing the process. Refuse such grammars instead.
+        if len(gbnf) > MAX_GRAMMAR_CHARS or grammar_depth(gbnf) > MAX_GRAMMAR_DEPTH:
+            raise ApiError(
+                "invalid_request",
+                "invalid_parameter",
+                "The JSON schema is too large or too deeply nested to enforce on this model "
+                "(very large maxLength, minItems or maxItems values expand into huge grammars); simplify it.",
+                param="response_format" if not wrap_tool_call else "tools",
+            )
         if not self._grammar_parses(gbnf):
             raise ApiError("invalid_request", "invalid_parameter", "the JSON schema cannot be enforced by the engine's grammar")
         grammar = LlamaGrammar.from_string(gbnf)
@@ -362,6 +372,35 @@ class EmbeddedEngine(Engine):
             return False
         llama_cpp.llama_sampler_free(sampler)
         return True
+
+
+MAX_GRAMMAR_CHARS = 64 * 1024
+MAX_GRAMMAR_DEPTH = 1000
+
+
+def grammar_depth(gbnf: str) -> int:
+    """The deepest nesting of parentheses in a GBNF grammar, outside literals and classes."""
+    depth = deepest = 0
+    quote = cls = escaped = False
+    for ch in gbnf:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif quote:
+            quote = ch != '"'
+        elif cls:
+            cls = ch != "]"
+        elif ch == '"':
+            quote = True
+        elif ch == "[":
+            cls = True
+        elif ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
 
 
 def _call_schema(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
