@@ -109,7 +109,7 @@ def context_exceeded(model: ModelConfig, prompt_tokens: int) -> ApiError:
         "context_length_exceeded",
         f"This request needs {prompt_tokens:,} prompt tokens, but the model {model.id!r} has a context window of "
         f"{model.context_window:,} tokens. Shorten the conversation, or ask the operator to attach a model with a "
-        f"larger context window (a [[models]] entry whose engine is an upstream server such as vLLM, SGLang, "
-        f"llama.cpp server or Ollama).",
+        f"larger context window: a [[models]] entry with engine = \"openai_compat\" and the base_url of an "
+        f"OpenAI-compatible server (vLLM, SGLang, llama.cpp server, Ollama).",
         param="messages",
     )

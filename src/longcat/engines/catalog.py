@@ -21,7 +21,11 @@ def build_engine(model: ModelConfig, settings: Settings) -> Engine:
         from longcat.engines.mock import MockEngine
 
         return MockEngine(model)
-    raise ConfigError(f"model {model.id!r}: unknown engine {model.engine!r} (known: embedded, mock)")
+    if model.engine == "openai_compat":
+        from longcat.engines.openai_compat import OpenAICompatEngine
+
+        return OpenAICompatEngine(model)
+    raise ConfigError(f"model {model.id!r}: unknown engine {model.engine!r} (known: embedded, mock, openai_compat)")
 
 
 class Catalog:

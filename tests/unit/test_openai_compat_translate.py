@@ -1,0 +1,572 @@
+"""The `openai_compat` engine's pure translations: canonical request -> upstream Chat Completions
+body, upstream SSE bytes -> canonical events, upstream errors -> the platform's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from longcat.canonical import (
+    ApiError,
+    ChatRequest,
+    Collector,
+    Finish,
+    ImageBlock,
+    Message,
+    ResponseFormat,
+    TextBlock,
+    TextDelta,
+    ThinkingBlock,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolChoice,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+)
+from longcat.config import ConfigError, ModelConfig
+from longcat.engines.base import CallContext
+from longcat.engines.openai_compat import (
+    ChunkTranslator,
+    OpenAICompatEngine,
+    Options,
+    SSEDecoder,
+    StreamReader,
+    chat_body,
+    estimate_prompt_tokens,
+    parse_options,
+    safe_url,
+    upstream_error,
+)
+
+TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+OPTS = Options(base_urls=["http://up/v1"], upstream_model="org/model-7b")
+
+
+def req(*messages: Message, **kw) -> ChatRequest:
+    return ChatRequest(model="front", messages=list(messages) or [Message("user", [TextBlock("hi")])], **kw)
+
+
+def user(*blocks) -> Message:
+    return Message("user", list(blocks))
+
+
+def model(**options) -> ModelConfig:
+    return ModelConfig(id="front", engine="openai_compat", context_window=1000, max_output=100, options=options)
+
+
+# ===================================================================================== request
+
+
+def test_minimal_body_always_streams_with_usage():
+    body = chat_body(req(system=[TextBlock("Be brief."), TextBlock("Be kind.")], max_tokens=50), OPTS)
+    assert body == {
+        "model": "org/model-7b",
+        "messages": [{"role": "system", "content": "Be brief.\n\nBe kind."}, {"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 50,
+    }
+    assert chat_body(req(max_tokens=50), OPTS, max_tokens=7)["max_tokens"] == 7
+
+
+IMG_URL = ImageBlock(url="https://example.com/cat.png")
+IMG_DATA = ImageBlock(media_type="image/jpeg", data="AAAA")
+
+
+@pytest.mark.parametrize(
+    "messages, expected",
+    [
+        pytest.param(
+            [user(TextBlock("look"), IMG_URL, IMG_DATA)],
+            [{"role": "user", "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}},
+            ]}],
+            id="images",
+        ),
+        pytest.param(
+            [user(TextBlock("a"), TextBlock("b"))],
+            [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            id="several text blocks",
+        ),
+        pytest.param(
+            [
+                user(TextBlock("run it")),
+                Message("assistant", [ThinkingBlock("plan", signature="sig"), TextBlock("Running."),
+                                      ToolUseBlock("call_1", "Bash", '{"command":"ls"}'), ToolUseBlock("call_2", "Time", "")]),
+                user(ToolResultBlock("call_1", [TextBlock("a.txt")]), ToolResultBlock("call_2", [TextBlock("noon")]),
+                     TextBlock("and now?")),
+            ],
+            [
+                {"role": "user", "content": "run it"},
+                {"role": "assistant", "content": "Running.", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "Bash", "arguments": '{"command":"ls"}'}},
+                    {"id": "call_2", "type": "function", "function": {"name": "Time", "arguments": "{}"}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+                {"role": "user", "content": "and now?"},
+            ],
+            id="tool round trip, thinking dropped",
+        ),
+        pytest.param(
+            [user(TextBlock("x")), Message("assistant", [ToolUseBlock("c", "Shot", "{}")]),
+             user(ToolResultBlock("c", [TextBlock("see image"), IMG_DATA]))],
+            [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "Shot", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "see image"},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}]},
+            ],
+            id="tool result image follows as a user message",
+        ),
+        pytest.param(
+            [user(TextBlock("a")), Message("system", [TextBlock("mid-way rule")]), Message("assistant", []), user()],
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "mid-way rule"},
+             {"role": "assistant", "content": ""}, {"role": "user", "content": ""}],
+            id="system mid-conversation, empty turns",
+        ),
+    ],
+)
+def test_messages(messages, expected):
+    assert chat_body(req(*messages), OPTS)["messages"] == expected
+
+
+def test_thinking_blocks_are_sent_as_reasoning_content_when_configured():
+    turn = Message("assistant", [ThinkingBlock("step 1"), ThinkingBlock("hidden", redacted=True), TextBlock("done")])
+    opts = Options(base_urls=["http://up/v1"], upstream_model="m", send_reasoning_content=True)
+    assert chat_body(req(user(TextBlock("q")), turn), opts)["messages"][1] == {
+        "role": "assistant", "content": "done", "reasoning_content": "step 1"}
+
+
+TOOLS = [ToolSpec("Bash", "Run a command", {"type": "object", "properties": {"command": {"type": "string"}}}), ToolSpec("Time")]
+
+
+@pytest.mark.parametrize(
+    "choice, expected",
+    [
+        (ToolChoice("auto"), None),
+        (ToolChoice("none"), "none"),
+        (ToolChoice("required"), "required"),
+        (ToolChoice("tool", "Bash"), {"type": "function", "function": {"name": "Bash"}}),
+    ],
+)
+def test_tools_and_tool_choice(choice, expected):
+    body = chat_body(req(tools=TOOLS, tool_choice=choice), OPTS)
+    assert body["tools"] == [
+        {"type": "function", "function": {"name": "Bash", "description": "Run a command", "parameters": TOOLS[0].parameters}},
+        {"type": "function", "function": {"name": "Time", "parameters": {"type": "object", "properties": {}}}},
+    ]
+    assert body.get("tool_choice") == expected
+    assert "parallel_tool_calls" not in body
+
+
+def test_no_tools_means_no_tool_fields_and_parallel_off_is_sent():
+    assert not {"tools", "tool_choice"} & chat_body(req(tool_choice=ToolChoice("required")), OPTS).keys()
+    body = chat_body(req(tools=TOOLS, tool_choice=ToolChoice("auto", parallel=False)), OPTS)
+    assert body["parallel_tool_calls"] is False
+
+
+def test_sampling_and_formats():
+    body = chat_body(req(temperature=0.2, top_p=0.9, top_k=20, seed=7, stop=["END", "##"], max_tokens=9), OPTS)
+    assert {k: body[k] for k in ("temperature", "top_p", "top_k", "seed", "stop", "max_tokens")} == {
+        "temperature": 0.2, "top_p": 0.9, "top_k": 20, "seed": 7, "stop": ["END", "##"], "max_tokens": 9}
+    assert not {"temperature", "top_p", "top_k", "seed", "stop", "response_format"} & chat_body(req(), OPTS).keys()
+    assert chat_body(req(response_format=ResponseFormat("json_object")), OPTS)["response_format"] == {"type": "json_object"}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert chat_body(req(response_format=ResponseFormat("json_schema", schema, "thing")), OPTS)["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "thing", "schema": schema}}
+    assert chat_body(req(response_format=ResponseFormat("json_schema", schema)), OPTS)["response_format"]["json_schema"]["name"] == "response"
+
+
+@pytest.mark.parametrize(
+    "param, thinking, expected",
+    [
+        (None, True, {}),
+        ("chat_template_kwargs", None, {}),
+        ("chat_template_kwargs", True, {"chat_template_kwargs": {"enable_thinking": True}}),
+        ("chat_template_kwargs", False, {"chat_template_kwargs": {"enable_thinking": False}}),
+        ("chat_template_kwargs.thinking", True, {"chat_template_kwargs": {"thinking": True}}),
+        ("thinking", False, {"thinking": {"type": "disabled"}}),
+        ("thinking", True, {"thinking": {"type": "enabled"}}),
+    ],
+)
+def test_thinking_param(param, thinking, expected):
+    opts = Options(base_urls=["http://up/v1"], upstream_model="m", thinking_param=param)
+    body = chat_body(req(thinking=thinking), opts)
+    assert {k: body[k] for k in ("chat_template_kwargs", "thinking") if k in body} == expected
+
+
+def test_extra_body_adds_defaults_the_request_overrides():
+    opts = Options(
+        base_urls=["http://up/v1"], upstream_model="m", thinking_param="chat_template_kwargs",
+        extra_body={"repetition_penalty": 1.05, "top_k": 40, "chat_template_kwargs": {"custom": 1, "enable_thinking": True}},
+    )
+    body = chat_body(req(top_k=5, thinking=False), opts)
+    assert body["repetition_penalty"] == 1.05 and body["top_k"] == 5
+    assert body["chat_template_kwargs"] == {"custom": 1, "enable_thinking": False}
+    assert chat_body(req(), opts)["top_k"] == 40
+
+
+# ===================================================================================== options
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({}, "exactly one of 'base_url' or 'base_urls'"),
+        ({"base_url": "http://a/v1", "base_urls": ["http://b/v1"]}, "exactly one"),
+        ({"base_urls": []}, "non-empty array"),
+        ({"base_url": "10.0.0.5:8000/v1"}, "http://"),
+        ({"base_url": "http://a/v1", "tokenize": "tiktoken"}, "'tokenize'"),
+        ({"base_url": "http://a/v1", "thinking_param": "enable"}, "'thinking_param'"),
+        ({"base_url": "http://a/v1", "api_key_env": "LONGCAT_TEST_UNSET_KEY"}, "not set"),
+        ({"base_url": "http://a/v1", "api_key": "x", "api_key_env": "Y"}, "not both"),
+        ({"base_url": "http://a/v1", "timeout": "slow"}, "'timeout'"),
+        ({"base_url": "http://a/v1", "max_connections": 0}, "'max_connections'"),
+        ({"base_url": "http://a/v1", "base-url": "typo"}, "unknown option(s) base-url"),
+    ],
+)
+def test_bad_options_are_config_errors(options, words):
+    with pytest.raises(ConfigError) as info:
+        parse_options(model(**options), env={})
+    assert words in str(info.value) and "'front'" in str(info.value)
+
+
+def test_options_and_describe_never_show_credentials():
+    opts = parse_options(
+        model(base_urls=["http://user:pw@10.0.0.5:8000/v1/", "https://b.internal/v1?key=s3cret"], api_key_env="UP_KEY",
+              timeout={"connect": 2, "read": 30}, tokenize="vllm"),
+        env={"UP_KEY": "sk-very-secret"},
+    )
+    assert opts.base_urls[0] == "http://user:pw@10.0.0.5:8000/v1" and opts.api_key == "sk-very-secret"
+    assert (opts.connect_timeout, opts.read_timeout, opts.upstream_model) == (2.0, 30.0, "front")
+    engine = OpenAICompatEngine(model(base_urls=["http://user:pw@10.0.0.5:8000/v1"], api_key="sk-very-secret", upstream_model="x/y"))
+    detail = engine.describe()
+    assert detail["type"] == "openai_compat" and detail["upstream"] == ["http://10.0.0.5:8000/v1"]
+    assert detail["upstream_model"] == "x/y"
+    assert "secret" not in json.dumps(detail) and "pw" not in json.dumps(detail)
+    assert safe_url("https://b.internal/v1?key=s3cret") == "https://b.internal/v1"
+
+
+def test_estimated_prompt_never_refuses_but_errs_high():
+    engine = OpenAICompatEngine(model(base_url="http://127.0.0.1:9/v1"))
+    english = "The quick brown fox jumps over the lazy dog. " * 20
+    assert estimate_prompt_tokens(req(user(TextBlock(english)))) >= len(english) / 4
+    assert estimate_prompt_tokens(req(user(TextBlock("你好世界")))) >= 4
+    ctx = CallContext("r")
+    assert asyncio.run(engine.measure(req(user(TextBlock("word " * 5000))), ctx)) == 999 == ctx.prompt_tokens
+    assert asyncio.run(engine.count_tokens(req(user(TextBlock("word " * 5000))))) > 5000
+
+
+# ===================================================================================== SSE
+
+
+def test_sse_decoder_framing():
+    raw = b": keep-alive\r\n\r\nevent: x\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata:[DONE]\n\n"
+    whole = SSEDecoder().feed(raw)
+    assert whole == ['{"a":\n1}', "[DONE]"]
+    for size in (1, 2, 3, 7):
+        decoder = SSEDecoder()
+        pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
+        assert [d for p in pieces for d in decoder.feed(p)] == whole
+    decoder = SSEDecoder()
+    text = 'data: {"t":"é猫"}\r\r'.encode()
+    assert [d for b in text for d in decoder.feed(bytes([b]))] == ['{"t":"é猫"}']
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: last") == [] and decoder.close() == ["last"]
+
+
+# ===================================================================================== chunks
+
+
+def chunk(delta=None, finish=None, usage=None, **extra):
+    out = {"id": "x", "object": "chat.completion.chunk", "choices": [] if delta is None else [
+        {"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def run(chunks, *, stop=None, done=True):
+    """Feed chunk objects (or raw data strings) through SSE framing; events, finish, translator."""
+    translator = ChunkTranslator(model_id="front", stop=stop)
+    reader = StreamReader(translator)
+    raw = "".join(f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks)
+    if done:
+        raw += "data: [DONE]\n\n"
+    events = reader.feed(raw.encode())
+    reader.raise_error()
+    more, finish = reader.end()
+    return events + more, finish, translator
+
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 8}}
+
+
+def test_text_stream_with_usage():
+    events, finish, tr = run([
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hel"}), chunk({"content": "lo"}), chunk({}, "stop"), chunk(usage=USAGE)])
+    assert events == [TextDelta("Hel"), TextDelta("lo")]
+    assert finish == Finish("stop")
+    assert tr.usage == {"input": 12, "output": 3, "cached": 8}
+
+
+def test_reasoning_fields_become_thinking():
+    events, finish, _ = run([
+        chunk({"reasoning_content": "Let me "}), chunk({"reasoning": "think."}),
+        chunk({"reasoning_content": "once", "reasoning": "once"}), chunk({"content": "Yes."}, "stop")])
+    assert events == [ThinkingDelta("Let me "), ThinkingDelta("think."), ThinkingDelta("once"), TextDelta("Yes.")]
+
+
+def test_tool_calls_one_after_another():
+    events, finish, _ = run([
+        chunk({"content": "Checking."}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"ci'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ty":"Oslo"}'}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "chatcmpl-tool-9f.x:1", "function": {"name": "time", "arguments": "{}"}}]}),
+        chunk({}, "tool_calls"),
+    ])
+    assert events == [
+        TextDelta("Checking."),
+        ToolCallStart(0, "call_a", "get"), ToolCallDelta(0, '{"ci'), ToolCallDelta(0, 'ty":"Oslo"}'), ToolCallEnd(0),
+        ToolCallStart(1, "chatcmpl-tool-9f_x_1", "time"), ToolCallDelta(1, "{}"), ToolCallEnd(1),
+    ]
+    assert finish == Finish("tool_calls")
+
+
+def test_tool_call_ids_are_made_when_missing_and_names_may_come_late():
+    events, finish, _ = run([
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": ":1}"}}]}),
+        chunk({}, "stop"),  # some servers say "stop" even after a call
+    ])
+    start = events[0]
+    assert isinstance(start, ToolCallStart) and TOOL_ID.match(start.id) and start.name == "f"
+    assert events[1:] == [ToolCallDelta(0, '{"a"'), ToolCallDelta(0, ":1}"), ToolCallEnd(0)]
+    assert finish == Finish("tool_calls")
+
+
+def test_whole_calls_without_index():
+    events, _, _ = run([
+        chunk({"tool_calls": [{"id": "c1", "function": {"name": "a", "arguments": {"x": 1}}},
+                              {"id": "c2", "function": {"name": "b", "arguments": "{}"}}]}, "tool_calls")])
+    assert events == [ToolCallStart(0, "c1", "a"), ToolCallDelta(0, '{"x": 1}'), ToolCallEnd(0),
+                      ToolCallStart(1, "c2", "b"), ToolCallDelta(1, "{}"), ToolCallEnd(1)]
+
+
+@pytest.mark.parametrize(
+    "reason, extra, stop, expected",
+    [
+        ("length", {}, None, Finish("length")),
+        ("content_filter", {}, None, Finish("content_filter")),
+        ("function_call", {}, None, Finish("tool_calls")),
+        ("stop", {}, ["END"], Finish("stop")),
+        ("stop", {"stop_reason": "END"}, ["END"], Finish("stop_sequence", "END")),  # vLLM says which
+        ("stop", {"stop_reason": 151645}, ["END"], Finish("stop")),  # an EOS token id
+        ("something_new", {}, None, Finish("stop")),
+    ],
+)
+def test_finish_reasons(reason, extra, stop, expected):
+    _, finish, _ = run([chunk({"content": "x"}), chunk({}, reason, **extra)], stop=stop)
+    assert finish == expected
+
+
+def test_local_stop_when_the_upstream_ignores_stop():
+    events, finish, tr = run([chunk({"content": "alpha E"}), chunk({"content": "ND beta"}), chunk({"content": "never"})],
+                             stop=["END"], done=False)
+    assert "".join(e.text for e in events) == "alpha " and finish == Finish("stop_sequence", "END")
+    assert tr.output_estimate >= 2
+
+
+def test_done_without_finish_reason_is_a_stop_but_a_cut_stream_is_an_error():
+    assert run([chunk({"content": "x"})])[1] == Finish("stop")
+    with pytest.raises(ApiError) as info:
+        run([chunk({"content": "x"})], done=False)
+    assert (info.value.status, info.value.code) == (502, "upstream_error") and "before the reply was complete" in info.value.message
+    with pytest.raises(ApiError):
+        run([chunk({"content": "x"}, "abort")])
+
+
+def test_malformed_streams():
+    for bad, words in [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({"choices": {"0": 1}}), "'choices'"),
+        (json.dumps(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})), "without a name"),
+    ]:
+        with pytest.raises(ApiError) as info:
+            run([bad])
+        assert info.value.status == 502 and "malformed" in info.value.message and words in info.value.message
+
+
+def test_a_failure_keeps_the_events_before_it():
+    translator = ChunkTranslator(model_id="front")
+    reader = StreamReader(translator)
+    events = reader.feed(b'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\ndata: garbage\n\n')
+    assert events == [TextDelta("ok")]
+    with pytest.raises(ApiError):
+        reader.raise_error()
+
+
+def test_interleaved_tool_calls_are_reported_not_garbled():
+    with pytest.raises(ApiError) as info:
+        run([
+            chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]}),
+            chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{"}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}),
+        ])
+    assert "interleaved" in info.value.message
+
+
+def test_error_object_inside_the_stream():
+    body = {"error": {"object": "error", "message": "This model's maximum context length is 4096 tokens.", "type": "BadRequestError",
+                      "code": 400}}
+    with pytest.raises(ApiError) as info:
+        run([body])
+    assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
+    with pytest.raises(ApiError) as info:
+        run([chunk({"content": "x"}), {"error": {"message": "CUDA out of memory", "type": "server_error"}}])
+    assert (info.value.status, info.value.code) == (502, "upstream_error") and "CUDA out of memory" in info.value.message
+
+
+def test_output_estimate_grows_and_usage_in_every_chunk_wins():
+    _, _, tr = run([chunk({"content": " hello"}), chunk({"content": " world"}), chunk({}, "stop")])
+    assert tr.output_estimate == 2 and tr.usage == {}
+    _, _, tr = run([chunk({"content": "a"}, usage={"prompt_tokens": 5, "completion_tokens": 1}),
+                    chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 1})])
+    assert tr.usage == {"input": 5, "output": 1}
+
+
+def test_non_streamed_completion_from_an_upstream_that_ignored_stream():
+    translator = ChunkTranslator(model_id="front")
+    reader = StreamReader(translator)
+    body = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "reasoning_content": "hmm",
+        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}], "usage": USAGE}
+    events = reader.feed_completion(json.dumps(body).encode())
+    more, finish = reader.end()
+    assert events + more == [ThinkingDelta("hmm"), ToolCallStart(0, "c", "f"), ToolCallDelta(0, "{}"), ToolCallEnd(0)]
+    assert finish == Finish("tool_calls") and translator.usage["input"] == 12
+
+
+# ===================================================================================== errors
+
+
+@pytest.mark.parametrize(
+    "status, body, headers, kind, code, words",
+    [
+        (400, {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you requested 40000 tokens.",
+               "type": "BadRequestError", "code": 400}, {}, "invalid_request", "context_length_exceeded", "maximum context length is 32768"),
+        (400, {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                         "type": "exceed_context_size_error"}}, {}, "invalid_request", "context_length_exceeded", "context size"),
+        (413, "Payload Too Large", {}, "invalid_request", "context_length_exceeded", "does not fit"),
+        (400, {"error": {"message": "temperature must be <= 2", "type": "invalid_request_error"}}, {}, "invalid_request",
+         "invalid_parameter", "temperature must be <= 2"),
+        (422, {"detail": [{"loc": ["body", "top_p"], "msg": "bad"}]}, {}, "invalid_request", "invalid_parameter", "top_p"),
+        (401, {"error": {"message": "Invalid key sk-very-secret"}}, {}, "upstream", "upstream_error", "credentials"),
+        (403, "forbidden", {}, "upstream", "upstream_error", "api_key"),
+        (404, {"error": {"message": "The model `x` does not exist."}}, {}, "upstream", "upstream_error", "upstream_model"),
+        (429, {"error": {"message": "slow down"}}, {"retry-after": "7"}, "overloaded", "overloaded", "busy"),
+        (503, "", {}, "overloaded", "overloaded", "busy"),
+        (500, "Traceback (most recent call last): secret internals", {}, "upstream", "upstream_error", "failed (HTTP 500)"),
+        (500, {"error": "prompt is too long for n_ctx"}, {}, "invalid_request", "context_length_exceeded", "n_ctx"),
+        (408, "", {}, "upstream", "upstream_error", "HTTP 408"),
+    ],
+)
+def test_upstream_errors(status, body, headers, kind, code, words):
+    raw = body if isinstance(body, str) else json.dumps(body)
+    err = upstream_error(status, raw.encode(), headers, model_id="front", secrets=("sk-very-secret",))
+    assert (err.kind, err.code) == (kind, code)
+    assert words in err.message and "sk-very-secret" not in err.message and "Traceback" not in err.message
+    if kind == "overloaded":
+        assert err.status == 503 and err.headers["Retry-After"] == headers.get("retry-after", "2")
+    if kind == "upstream":
+        assert err.status == 502
+
+
+# ===================================================================================== property
+
+NAMES = st.sampled_from(["Bash", "get_weather", "read_file"])
+ARGS = st.dictionaries(st.sampled_from(["command", "city", "path", "n"]), st.text(max_size=12) | st.integers(), max_size=3)
+
+
+def _pieces(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    bounds = [0, *points, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+@st.composite
+def tool_call_streams(draw):
+    """One upstream reply (text, then tool calls) and a random way a server could chunk it."""
+    calls = draw(st.lists(st.tuples(NAMES, ARGS), min_size=1, max_size=3))
+    lead = draw(st.text(max_size=10))
+    with_index = draw(st.booleans())
+    name_alone = draw(st.booleans())  # the first chunk has the name and empty arguments (vLLM), or a first piece
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": p}) for p in _pieces(lead, draw(st.lists(st.integers(0, 50), max_size=3)))]
+    expected = []
+    for i, (name, args) in enumerate(calls):
+        text = json.dumps(args, ensure_ascii=False)
+        parts = _pieces(text, draw(st.lists(st.integers(0, 200), max_size=6))) or [""]
+        call_id = f"call_{i}x{draw(st.integers(0, 999))}"
+        expected.append((call_id, name, text))
+        first = [""] + parts if name_alone else parts
+        for k, part in enumerate(first):
+            entry = {"function": {"arguments": part}}
+            if with_index:
+                entry["index"] = i
+            if k == 0:
+                entry.update(id=call_id, type="function")
+                entry["function"]["name"] = name
+            chunks.append(chunk({"tool_calls": [entry]}))
+    chunks.append(chunk({}, "tool_calls"))
+    chunks.append(chunk(usage=USAGE))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    raw = "".join(f"data: {json.dumps(c, ensure_ascii=False)}{newline}{newline}" for c in chunks) + "data: [DONE]\n\n"
+    data = raw.encode()
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=12))))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)], lead, expected
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tool_call_streams())
+def test_any_chunking_of_a_tool_call_stream_gives_the_same_result(case):
+    pieces, lead, expected = case
+    translator = ChunkTranslator(model_id="front")
+    reader = StreamReader(translator)
+    collector = Collector()
+    kinds = []
+    for piece in pieces:
+        for event in reader.feed(piece):
+            collector.add(event)
+            kinds.append(type(event).__name__)
+        reader.raise_error()
+    more, finish = reader.end()
+    for event in more:
+        collector.add(event)
+        kinds.append(type(event).__name__)
+    collector.add(finish)
+    done = collector.result()
+    assert done.text == lead
+    assert [(c.id, c.name, c.arguments) for c in done.tool_calls] == expected
+    assert done.finish == Finish("tool_calls")
+    assert translator.usage == {"input": 12, "output": 3, "cached": 8}
+    # Calls strictly one after another: Start, its deltas, End, then the next.
+    shape = re.sub(r"(ToolCallDelta,)+", "D,", re.sub(r"(TextDelta,)+", "T,", ",".join(kinds) + ","))
+    assert shape == ("T," if lead else "") + "ToolCallStart,D,ToolCallEnd," * len(expected)
