@@ -95,3 +95,32 @@ def test_streaming_errors_before_output_are_plain_http_errors(mock_server):
     )
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
     assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+HOSTILE = [
+    ("400-digit temperature", b'{"model":"mock-echo","messages":[{"role":"user","content":"x"}],"temperature":' + b"9" * 400 + b"}", "'temperature' is out of range"),
+    ("5000-digit seed", b'{"model":"mock-echo","messages":[{"role":"user","content":"x"}],"seed":' + b"9" * 5000 + b"}", "not valid JSON"),
+    ("nested 2000 deep", b'{"model":"mock-echo","x":' + b"[" * 2000 + b"]" * 2000 + b"}", "nests deeper"),
+    ("nested 300 deep", b'{"model":"mock-echo","x":' + b"[" * 300 + b"]" * 300 + b"}", "nests deeper"),
+]
+
+
+@pytest.mark.parametrize("name, raw, words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_bodies_are_400_on_every_route(mock_server, name, raw, words):
+    headers = {"Authorization": f"Bearer {mock_server.key}", "Content-Type": "application/json"}
+    for path in ("/openai/v1/chat/completions", "/openai/v1/responses", "/anthropic/v1/messages", "/anthropic/v1/messages/count_tokens"):
+        r = httpx.post(mock_server.base_url + path, headers=headers, content=raw, timeout=10)
+        assert r.status_code == 400, (path, r.text)
+        if path == URL:  # other formats may report another field of the same body first
+            assert words in r.text, r.text
+
+
+def test_lone_surrogates_become_replacement_characters(mock_server):
+    headers = {"Authorization": f"Bearer {mock_server.key}", "Content-Type": "application/json"}
+    raw = b'{"model":"mock-echo","messages":[{"role":"user","content":"a\\ud800b \\ud83d\\ude00"}]}'
+    r = httpx.post(mock_server.base_url + URL, headers=headers, content=raw)
+    assert r.status_code == 200
+    # The lone half becomes U+FFFD; the valid pair stays an emoji.
+    assert r.json()["choices"][0]["message"]["content"] == "a\ufffdb \U0001f600"
+    r = httpx.post(mock_server.base_url + URL, headers=headers, content=raw.replace(b'}]}', b'}],"stream":true}'))
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")

@@ -288,7 +288,7 @@ def test_feedback_validity_rules(server):
     assert feedback(server, key, "Third distinct piece of feedback.").json()["valid"] is True
     fourth = feedback(server, key, "Fourth distinct piece of feedback.").json()
     assert fourth["valid"] is False and "3 valid" in fourth["reason"]
-    for bad in ({"rating": 9}, {"rating": "x"}, {"category": "nope"}, {"text": 5}, {"text": None}):
+    for bad in ({"rating": 9}, {"rating": "x"}, {"category": "nope"}, {"text": 5}, {"text": None}, {"text": "A NUL \x00 in the middle of it."}):
         body = {"rating": 4, "category": "quality", "text": "A perfectly fine text here.", **bad}
         r = httpx.post(server.base_url + "/api/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_parameter"

@@ -26,7 +26,8 @@ _END = object()
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "replace": a lone surrogate that slipped through (e.g. from an upstream) must not fail a reply.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 class JSONBody(Response):

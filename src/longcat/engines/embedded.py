@@ -174,7 +174,7 @@ class EmbeddedEngine(Engine):
         return self._template.render(messages=template_messages(request), add_generation_prompt=True)
 
     def tokenize(self, request: ChatRequest) -> list[int]:
-        return self._llama.tokenize(self.render(request).encode("utf-8"), add_bos=False, special=True)
+        return self._llama.tokenize(self.render(request).encode("utf-8", "replace"), add_bos=False, special=True)
 
     async def count_tokens(self, request: ChatRequest) -> int:
         return len(await asyncio.to_thread(self.tokenize, request))

@@ -50,13 +50,18 @@ def parse_submission(body: dict[str, Any]) -> Submission:
     if len(text) > MAX_TEXT:
         raise invalid(f"'text' may be at most {MAX_TEXT} characters.", param="text")
     request_id = get_str(body, "request_id")
+    if request_id is not None and len(request_id) > 40:
+        raise invalid("'request_id' is at most 40 characters (the id a response carries in x-request-id).", param="request_id")
+    for name, value in (("text", text), ("request_id", request_id)):
+        if value and "\x00" in value:
+            raise invalid(f"'{name}' must not contain NUL characters.", param=name)
     return Submission(rating, category, text, request_id)
 
 
 def text_hash(text: str) -> str:
     """Repeats are judged on the words, not on case or spacing."""
     normal = re.sub(r"\s+", " ", text.strip().lower())
-    return hashlib.sha256(normal.encode()).hexdigest()
+    return hashlib.sha256(normal.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class FeedbackDesk:

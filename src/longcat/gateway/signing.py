@@ -21,7 +21,7 @@ VERSION = "lc1"
 
 def sign(key: bytes, purpose: str, text: str) -> str:
     """`lc1.<base64url MAC>`; `purpose` keeps a signature for one use from validating another."""
-    mac = hmac.new(key, purpose.encode() + b"\x00" + text.encode("utf-8"), hashlib.sha256).digest()
+    mac = hmac.new(key, purpose.encode() + b"\x00" + text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
     return f"{VERSION}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 

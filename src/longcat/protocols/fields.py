@@ -4,11 +4,19 @@ so a wrong type always gets the same kind of message naming the field."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from longcat.canonical import ApiError, invalid
 
 _MISSING = object()
+
+
+# Deeper bodies are refused: no real request nests this far, and deep structures make recursive
+# code (copying, encoding) fail far from where the input came in.
+MAX_DEPTH = 128
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -18,9 +26,43 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise invalid(f"The request body nests deeper than {MAX_DEPTH} levels.", code="invalid_json") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python will parse
+        raise invalid(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.", code="invalid_json")
+    return _sound(body, fix_surrogates=_SURROGATE_ESCAPE.search(raw) is not None)
+
+
+def _sound(body: dict[str, Any], *, fix_surrogates: bool) -> dict[str, Any]:
+    """Check the nesting depth, and replace lone UTF-16 surrogates (valid JSON escapes, but not
+    text: they cannot be encoded, tokenized or stored) with U+FFFD, as a browser would."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise invalid(f"The request body nests deeper than {MAX_DEPTH} levels.", code="invalid_json")
+        if isinstance(node, dict):
+            if fix_surrogates:
+                for key in [k for k in node if _LONE_SURROGATE.search(k)]:
+                    node[_LONE_SURROGATE.sub("\ufffd", key)] = node.pop(key)
+            items = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                stack.append((value, depth + 1))
+            elif fix_surrogates and isinstance(value, str) and _LONE_SURROGATE.search(value):
+                node[key] = _LONE_SURROGATE.sub("\ufffd", value)
     return body
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -65,9 +107,9 @@ def get_int(
         raise wrong_type(name, "an integer", value)
     value = int(value)
     if minimum is not None and value < minimum:
-        raise invalid(f"'{name}' must be at least {minimum}, got {value}.", param=name)
+        raise invalid(f"'{name}' must be at least {minimum}, got {_short(value)}.", param=name)
     if maximum is not None and value > maximum:
-        raise invalid(f"'{name}' must be at most {maximum}, got {value}.", param=name)
+        raise invalid(f"'{name}' must be at most {maximum}, got {_short(value)}.", param=name)
     return value
 
 
@@ -80,6 +122,10 @@ def get_number(
     name = param or key
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise wrong_type(name, "a number", value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise invalid(f"'{name}' is out of range.", param=name) from None
     if value != value or value in (float("inf"), float("-inf")):
         raise invalid(f"'{name}' must be a finite number.", param=name)
     if minimum is not None and value < minimum:
