@@ -142,6 +142,35 @@ def fake():
     thread.join(10)
 
 
+@pytest.fixture(scope="module")
+def dropper():
+    """A port that accepts connections and closes them at once, before any byte of a reply."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    accepted = []
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            accepted.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", accepted
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
 # ======================================================================= the two LongCat servers
 
 
@@ -157,7 +186,7 @@ def upstream(mock_server):
 
 
 @pytest.fixture(scope="module")
-def front(upstream, fake, tmp_path_factory):
+def front(upstream, fake, dropper, tmp_path_factory):
     up = upstream.base_url + "/openai/v1"
     dead = f"http://127.0.0.1:{closed_port()}/v1"
 
@@ -179,6 +208,7 @@ def front(upstream, fake, tmp_path_factory):
         model("up-thinking", "mock-thinking", thinking_param="thinking"),
         model("up-slow", "mock-slow"),
         model("up-replicas", "mock-echo", base_urls=[dead, up]),
+        model("up-dropping", "mock-echo", base_urls=[dropper[0], up]),
         model("up-down", "mock-echo", base_urls=[dead, f"http://127.0.0.1:{closed_port()}/v1"]),
         model("up-badkey", "mock-echo", api_key="ak_not_a_real_key_0123456789"),
         model("up-no-tokenize", "mock-echo", tokenize="vllm"),  # LongCat has no /tokenize
@@ -353,6 +383,14 @@ def test_replica_failover(oai, front):
         r = oai.chat.completions.create(model="up-replicas", messages=[{"role": "user", "content": f"attempt {i}"}])
         assert r.choices[0].message.content == f"attempt {i}"
     assert "unreachable (ConnectError); trying the next replica" in front.log()
+
+
+def test_failover_from_a_replica_that_drops_connections(oai, front, dropper):
+    for i in range(3):
+        r = oai.chat.completions.create(model="up-dropping", messages=[{"role": "user", "content": f"try {i}"}])
+        assert r.choices[0].message.content == f"try {i}"
+    assert len(dropper[1]) >= 2  # tried, and tried once more on a fresh connection, before moving on
+    assert re.search(r"up-dropping: upstream \S+ unreachable \((RemoteProtocolError|ReadError)\); trying the next replica", front.log())
 
 
 def test_all_replicas_down_is_a_502(oai):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
+import time
 import uuid
 
 import httpx
@@ -168,3 +169,39 @@ def test_a_feedback_refresh_on_one_replica_counts_on_the_other(replicas):
             break
     if granted:
         assert chat(a, key, " ".join(["w"] * 50)).status_code == 200
+
+
+def test_a_long_request_keeps_its_leases(tmp_path):
+    """Leases only expire for a dead replica: a live request renews them, however long it runs."""
+    env = {
+        "LONGCAT_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "LONGCAT_REDIS_PREFIX": f"test:lease{uuid.uuid4().hex[:8]}:",
+        "LONGCAT_LEASE_SECONDS": "2",
+    }
+    server = Server(tmp_path, write_config(tmp_path / "config.toml", CONFIG), free_port(), env=env).start()
+    try:
+        _, key = new_account(server, concurrency=1)
+        done = []
+
+        def slow():  # 60 tokens at 0.05 s: 3 s, longer than the 2 s lease
+            r = httpx.post(
+                server.base_url + "/openai/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "mock-slow", "messages": [{"role": "user", "content": " ".join(["w"] * 60)}]},
+                timeout=30,
+            )
+            done.append(r.status_code)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(2.5)
+        assert not done
+        assert chat(server, key).status_code == 429
+        t.join(30)
+        assert done == [200]
+    finally:
+        server.stop()
+        r = redis.Redis.from_url(env["LONGCAT_REDIS_URL"])
+        for k in r.scan_iter(env["LONGCAT_REDIS_PREFIX"] + "*"):
+            r.delete(k)
+        r.close()

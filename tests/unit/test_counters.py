@@ -121,8 +121,6 @@ def test_all_or_nothing_across_buckets_and_slots(kind):
             assert await c.acquire([], [Slots("s", 2)], "r6", now, 60) == 1
             await c.release([], ["s"], "r5", now)
             assert await c.acquire([], [Slots("s", 2)], "r6", now, 60) == 0
-            # Leases of a crashed holder expire.
-            assert await c.acquire([], [Slots("s", 2)], "r7", now + 61, 60) == 0
         finally:
             await c.close()
 
@@ -182,7 +180,31 @@ def test_quota_memory_and_redis_agree_and_never_overspend(base, steps):
     run(main())
 
 
-def test_quota_reservation_leases_expire():
+def test_redis_leases_of_a_dead_holder_expire_and_live_ones_are_renewed():
+    async def main():
+        c = make("redis")
+
+        async def seed():
+            return (0, 0)
+
+        now = 1_800_000_000.0
+        try:
+            assert (await c.quota_reserve("q", seed, 100, 10, 90, "a", now, 60)).ok
+            assert await c.acquire([], [Slots("s", 1)], "a", now, 60) == 0
+            # "a" is alive and renews its leases: at now+61 they still hold.
+            await c.renew(["s"], "q", "a", now + 50, 60)
+            assert not (await c.quota_reserve("q", seed, 100, 10, 90, "b", now + 61, 60)).ok
+            assert await c.acquire([], [Slots("s", 1)], "b", now + 61, 60) == 1
+            # Then "a" dies without settling: after its lease the tokens and the slot are free.
+            assert (await c.quota_reserve("q", seed, 100, 10, 90, "b", now + 111, 60)).ok
+            assert await c.acquire([], [Slots("s", 1)], "b", now + 111, 60) == 0
+        finally:
+            await c.close()
+
+    run(main())
+
+
+def test_memory_leases_never_expire():
     async def main():
         c = MemoryCounters()
 
@@ -191,8 +213,9 @@ def test_quota_reservation_leases_expire():
 
         now = 1_800_000_000.0
         assert (await c.quota_reserve("q", seed, 100, 10, 90, "a", now, 60)).ok
-        assert not (await c.quota_reserve("q", seed, 100, 10, 90, "b", now + 1, 60)).ok
-        # The holder died without settling: after its lease the tokens are free again.
-        assert (await c.quota_reserve("q", seed, 100, 10, 90, "b", now + 61, 60)).ok
+        assert await c.acquire([], [Slots("s", 1)], "a", now, 60) == 0
+        later = now + 10 * 86400
+        assert not (await c.quota_reserve("q", seed, 100, 10, 90, "b", later, 60)).ok
+        assert await c.acquire([], [Slots("s", 1)], "b", later, 60) == 1
 
     run(main())

@@ -70,6 +70,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -993,13 +994,21 @@ class OpenAICompatEngine(Engine):
         if self._client is None:
             raise RuntimeError("the engine was not started")
         tried = 0
-        for i in self._replica_order():
+        order = self._replica_order()
+        # A kept-alive connection the server had just closed fails before any byte too: that
+        # is worth one more try on a fresh connection to the same replica.
+        attempts = deque((i, False) for i in order)
+        while attempts:
+            i, retry = attempts.popleft()
             base = self.options.base_urls[i]
             url = (server_root(base) if root else base) + path
             request = self._client.build_request(method, url, json=body)
             try:
                 response = await self._client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if not retry and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+                    attempts.appendleft((i, True))
+                    continue
                 tried += 1
                 self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
                 log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), type(exc).__name__,

@@ -90,6 +90,9 @@ class Counters(Protocol):
 
     async def quota_state(self, key: str, seed: QuotaSeed, now: float) -> QuotaState: ...
 
+    async def renew(self, slot_keys: list[str], quota_key: str | None, lease: str, now: float, ttl: float) -> None:
+        """Extend a live request's leases (slots and quota reservation) to `now + ttl`."""
+
     async def close(self) -> None: ...
 
 
@@ -105,20 +108,19 @@ def refresh_grant(base: int, cap: int, used: int, granted: int) -> int:
 class _Quota:
     used: int
     granted: int
-    leases: dict[str, tuple[int, float]] = field(default_factory=dict)  # lease -> (tokens, expires)
+    leases: dict[str, int] = field(default_factory=dict)  # lease -> tokens held
 
     def reserved(self, now: float) -> int:
-        for lease in [k for k, (_, exp) in self.leases.items() if exp <= now]:
-            del self.leases[lease]
-        return sum(t for t, _ in self.leases.values())
+        return sum(self.leases.values())
 
 
 class MemoryCounters:
-    """Counters for one process. Safe because every operation runs without awaiting in between."""
+    """Counters for one process. Safe because every operation runs without awaiting in between.
+    Leases never expire here: they live exactly as long as the process that holds them."""
 
     def __init__(self) -> None:
         self._tats: dict[str, float] = {}
-        self._slots: dict[str, dict[str, float]] = {}
+        self._slots: dict[str, set[str]] = {}
         self._quotas: dict[str, _Quota] = {}
         self._seeding: dict[str, asyncio.Lock] = {}
 
@@ -130,17 +132,14 @@ class MemoryCounters:
             new_tats.append(new_tat)
             wait = max(wait, w)
         for s in slots:
-            leases = self._slots.setdefault(s.key, {})
-            for k in [k for k, exp in leases.items() if exp <= now]:
-                del leases[k]
-            if len(leases) >= s.limit:
+            if len(self._slots.setdefault(s.key, set())) >= s.limit:
                 wait = max(wait, 1.0)
         if wait > 0:
             return wait
         for b, new_tat in zip(buckets, new_tats, strict=True):
             self._tats[b.key] = new_tat
         for s in slots:
-            self._slots[s.key][lease] = now + ttl
+            self._slots[s.key].add(lease)
         return 0.0
 
     async def release(self, buckets: list[Bucket], slot_keys: list[str], lease: str, now: float) -> None:
@@ -148,7 +147,7 @@ class MemoryCounters:
             if b.cost > 0:
                 self._tats[b.key] = max(self._tats.get(b.key, 0.0), now) + b.cost * WINDOW / b.limit
         for key in slot_keys:
-            self._slots.get(key, {}).pop(lease, None)
+            self._slots.get(key, set()).discard(lease)
 
     async def _quota(self, key: str, seed: QuotaSeed) -> _Quota:
         quota = self._quotas.get(key)
@@ -172,7 +171,7 @@ class MemoryCounters:
         if free < prompt + 1:
             return Reserved(False, 0, state)
         out = min(max_out, free - prompt)
-        q.leases[lease] = (prompt + out, now + ttl)
+        q.leases[lease] = prompt + out
         return Reserved(True, out, state)
 
     async def quota_settle(self, key: str, lease: str, billed: int) -> None:
@@ -190,6 +189,9 @@ class MemoryCounters:
     async def quota_state(self, key: str, seed: QuotaSeed, now: float) -> QuotaState:
         q = await self._quota(key, seed)
         return QuotaState(q.used, q.granted, q.reserved(now))
+
+    async def renew(self, slot_keys: list[str], quota_key: str | None, lease: str, now: float, ttl: float) -> None:
+        return None
 
     def forget_quotas(self, keep: Callable[[str], bool]) -> None:
         """Drop quota state of past days (called now and then)."""
@@ -308,6 +310,15 @@ return {1, tonumber(redis.call('HGET', q, 'used')), tonumber(redis.call('HGET', 
 """
 
 
+_RENEW = """
+local lease, expires = ARGV[1], tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], lease) then redis.call('ZADD', KEYS[i], 'XX', expires, lease) end
+end
+return 1
+"""
+
+
 class RedisCounters:
     """Counters shared by every replica through one Redis."""
 
@@ -322,6 +333,7 @@ class RedisCounters:
         self._settle = self.redis.register_script(_QUOTA_SETTLE)
         self._refresh = self.redis.register_script(_QUOTA_REFRESH)
         self._state = self.redis.register_script(_QUOTA_STATE)
+        self._renew = self.redis.register_script(_RENEW)
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -369,6 +381,13 @@ class RedisCounters:
     async def quota_state(self, key: str, seed: QuotaSeed, now: float) -> QuotaState:
         _, used, granted, reserved = await self._seeded_call(self._state, key, [repr(now)], seed)
         return QuotaState(used, granted, reserved)
+
+    async def renew(self, slot_keys: list[str], quota_key: str | None, lease: str, now: float, ttl: float) -> None:
+        keys = [self._k(k) for k in slot_keys]
+        if quota_key is not None:
+            keys.append(self._qkeys(quota_key)[2])
+        if keys:
+            await self._renew(keys=keys, args=[lease, repr(now + ttl)])
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -96,6 +96,9 @@ class RateLimiter:
             raise rate_limited(wait)
         return permit
 
+    def slot_keys(self, permit: Permit) -> list[str]:
+        return [s.key for s in self._slots(permit)]
+
     async def release(self, permit: Permit, output_tokens: int, now: float) -> None:
         buckets = [b for b in self._buckets(permit, 0, output_tokens) if b.cost > 0]
-        await self.counters.release(buckets, [s.key for s in self._slots(permit)], permit.lease, now)
+        await self.counters.release(buckets, self.slot_keys(permit), permit.lease, now)

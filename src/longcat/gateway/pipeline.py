@@ -19,7 +19,7 @@ from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
 from longcat.gateway.auth import authenticate
-from longcat.gateway.clock import SystemClock
+from longcat.gateway.clock import SystemClock, beijing_day
 from longcat.gateway.counters import Counters, MemoryCounters
 from longcat.gateway.limits import Permit, RateLimiter
 from longcat.gateway.metering import UsageWriter, billed_tokens, make_record
@@ -71,10 +71,30 @@ class Gateway:
         self.quota = QuotaKeeper(settings, self.counters, usage)
         self.writer = UsageWriter(usage)
         self._background: set[asyncio.Task] = set()
-        self._active: set[str] = set()  # request ids holding a permit, not yet settled
+        self._active: dict[str, Call] = {}  # admitted requests holding a permit, not yet settled
+        self._heartbeat: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.writer.start()
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of live requests from expiring (they only expire when a replica dies),
+        and forget the in-process quota state of past days."""
+        interval = max(1.0, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock.now()
+            for call in list(self._active.values()):
+                try:
+                    slots = self.limiter.slot_keys(call.permit) if call.permit else []
+                    quota_key = self.quota.key_of(call.reservation) if call.reservation else None
+                    await self.counters.renew(slots, quota_key, call.ctx.request_id, now, self.settings.lease_seconds)
+                except Exception:
+                    log.exception("renewing the leases of %s failed", call.ctx.request_id)
+            if isinstance(self.counters, MemoryCounters):
+                recent = {beijing_day(now), beijing_day(now - 86400)}
+                self.counters.forget_quotas(lambda key, days=recent: key.rsplit(":", 1)[-1] in days)
 
     async def close(self, wait: float = 5.0) -> None:
         """Let requests that are still ending settle, write what is queued, then stop.
@@ -84,6 +104,8 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + wait
         while self._active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.writer.close()
@@ -124,13 +146,13 @@ class Gateway:
         now = self.clock.now()
         prompt = call.ctx.prompt_tokens or 0
         call.permit = await self.limiter.acquire(call.owner, call.ctx.request_id, prompt, now)
-        self._active.add(call.ctx.request_id)
+        self._active[call.ctx.request_id] = call
         try:
             call.reservation = await self.quota.reserve(call.owner, call.ctx.request_id, prompt, call.request.max_tokens or 1, now)
         except BaseException:
             await self.limiter.release(call.permit, 0, now)
             call.permit = None
-            self._active.discard(call.ctx.request_id)
+            self._active.pop(call.ctx.request_id, None)
             raise
         # The output budget never exceeds what the quota can still pay for.
         call.request.max_tokens = call.reservation.out_budget
@@ -220,7 +242,7 @@ class Gateway:
             record.status,
             record.latency_ms,
         )
-        self._active.discard(call.ctx.request_id)
+        self._active.pop(call.ctx.request_id, None)
         if durable:
             await self.writer.commit(record)
         else:

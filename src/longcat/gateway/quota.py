@@ -103,8 +103,11 @@ class QuotaKeeper:
             "permission", "insufficient_quota", text, extra={"refreshes_at": int(next_refresh(now))}
         )
 
+    def key_of(self, reservation: Reservation) -> str:
+        return self._key(reservation.account_id, reservation.day)
+
     async def settle(self, reservation: Reservation, billed: int) -> None:
-        await self.counters.quota_settle(self._key(reservation.account_id, reservation.day), reservation.lease, billed)
+        await self.counters.quota_settle(self.key_of(reservation), reservation.lease, billed)
 
     async def status(self, account_id: int, daily_quota: int | None, now: float) -> QuotaStatus:
         day = beijing_day(now)
