@@ -241,10 +241,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_grace,
+        # The gateway ends what outlives the grace period itself, with a proper error event;
+        # uvicorn's own cut-off comes a little later, as a last resort.
+        timeout_graceful_shutdown=settings.shutdown_grace + 3,
         lifespan="on",
     )
-    server = _server_class()(config)
+    server = _server_class()(config, on_exit=lambda: app.state.gateway.request_shutdown(settings.shutdown_grace))
     server.run()
     return 0
 
@@ -256,9 +258,14 @@ def _server_class():
         """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown, so the process would die
         of the signal; a clean stop should exit with status 0."""
 
+        def __init__(self, config, on_exit) -> None:
+            super().__init__(config)
+            self.on_exit = on_exit
+
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
+            self.on_exit()
 
     return Server
 

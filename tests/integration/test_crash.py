@@ -115,40 +115,44 @@ def test_kill_9_loses_no_committed_usage(tmp_path):
         server.stop()
 
 
-def test_shutdown_settles_requests_in_flight(tmp_path):
+def test_shutdown_ends_requests_in_flight_properly_and_settles_them(tmp_path):
     # shutdown_grace is a top-level key, so it goes before the first table.
     config = write_config(tmp_path / "config.toml", "shutdown_grace = 1\n" + CONFIG.replace("token_delay = 0.01", "token_delay = 0.2"))
     server = Server(tmp_path / "data", config, free_port()).start()
     key = server.new_key("shutdown@example.com")
-    got = threading.Event()
-    received = []
+    words = " ".join(["w"] * 200)
+    requests = {
+        "chat-stream": ("/openai/v1/chat/completions", {"model": "mock-steady", "messages": [{"role": "user", "content": words}], "stream": True}),
+        "chat": ("/openai/v1/chat/completions", {"model": "mock-steady", "messages": [{"role": "user", "content": words}]}),
+        "anthropic-stream": ("/anthropic/v1/messages", {"model": "mock-steady", "max_tokens": 500, "messages": [{"role": "user", "content": words}], "stream": True}),
+        "responses-stream": ("/openai/v1/responses", {"model": "mock-steady", "input": words, "stream": True}),
+    }
+    replies: dict[str, httpx.Response] = {}
 
-    def stream() -> None:
-        try:
-            with httpx.stream(
-                "POST",
-                server.base_url + "/openai/v1/chat/completions",
-                headers={"Authorization": f"Bearer {key}"},
-                json={"model": "mock-steady", "messages": [{"role": "user", "content": " ".join(["w"] * 200)}], "stream": True},
-                timeout=30,
-            ) as r:
-                for line in r.iter_lines():
-                    if '"content":"' in line and '"role"' not in line:
-                        received.append(line)
-                        got.set()
-        except httpx.HTTPError:
-            pass
+    def send(name: str) -> None:
+        path, body = requests[name]
+        replies[name] = httpx.post(server.base_url + path, headers={"Authorization": f"Bearer {key}"}, json=body, timeout=30)
 
-    t = threading.Thread(target=stream)
-    t.start()
-    assert got.wait(10)
+    threads = [threading.Thread(target=send, args=(name,)) for name in requests]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
     assert server.stop(signal.SIGTERM) == 0
-    t.join(10)
+    for t in threads:
+        t.join(15)
+
+    # Each ends the way its format ends a failed reply, not with a cut connection.
+    assert replies["chat"].status_code == 503 and replies["chat"].json()["error"]["code"] == "overloaded"
+    chat = replies["chat-stream"].text
+    assert '"code":"overloaded"' in chat and chat.rstrip().endswith("data: [DONE]")
+    assert "event: error" in replies["anthropic-stream"].text and "overloaded_error" in replies["anthropic-stream"].text
+    assert "event: response.failed" in replies["responses-stream"].text
+
     db = sqlite3.connect(server.data_dir / "longcat.db")
-    rows = db.execute("select status, output_tokens, billed_tokens, input_tokens from usage_records").fetchall()
-    assert len(rows) == 1
-    status, output, billed, inp = rows[0]
-    # Cut by the shutdown after its grace period: billed for what it produced, nothing lost.
-    assert 0 < output < 200 and billed == inp + output
-    assert output >= len(received)
-    assert db.execute("select sum(used) from quota_days").fetchone()[0] == billed
+    rows = db.execute("select stream, status, input_tokens, output_tokens, billed_tokens from usage_records").fetchall()
+    assert len(rows) == 4 and {r[1] for r in rows} == {"shutdown"}
+    for stream, _, inp, out, billed in rows:
+        # Streams are billed for what they delivered; the non-streaming reply delivered nothing.
+        assert billed == (inp + out if stream else 0)
+        assert 0 < out < 200
+    assert db.execute("select sum(used) from quota_days").fetchone()[0] == sum(r[4] for r in rows)

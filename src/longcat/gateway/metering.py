@@ -26,7 +26,7 @@ from longcat.store.usage import UsageRecord, UsageStore
 log = logging.getLogger("longcat.usage")
 
 # How a request ended, as recorded.
-OUTCOMES = ("ok", "length", "client_closed", "engine_error", "cancelled")
+OUTCOMES = ("ok", "length", "client_closed", "engine_error", "shutdown", "cancelled")
 
 MAX_BATCH = 500
 # A finishing request waits at most this long for its record to commit; past that the record
@@ -103,9 +103,9 @@ class UsageWriter:
 
 
 def billed_tokens(ctx: CallContext, outcome: str, delivered: bool) -> int:
-    """What the quota is charged. A request that failed before the client got any output costs
-    nothing; otherwise input and output both count (cached input too)."""
-    if outcome == "engine_error" and not delivered:
+    """What the quota is charged. A request that failed (engine error, server shutdown) before the
+    client got any output costs nothing; otherwise input and output both count (cached input too)."""
+    if outcome in ("engine_error", "shutdown") and not delivered:
         return 0
     return ctx.usage.input_tokens + ctx.usage.output_tokens
 

@@ -45,6 +45,8 @@ class Call:
     permit: Permit | None = None
     reservation: Reservation | None = None
     settled: bool = False
+    task: asyncio.Task | None = None
+    draining: bool = False
 
 
 def new_request_id() -> str:
@@ -73,8 +75,11 @@ class Gateway:
         self._background: set[asyncio.Task] = set()
         self._active: dict[str, Call] = {}  # admitted requests holding a permit, not yet settled
         self._heartbeat: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.writer.start()
         self._heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
 
@@ -163,8 +168,15 @@ class Gateway:
         await self._acquire(call)
         outcome = "cancelled"
         delivered = False
+        stream = call.engine.stream(call.request, call.ctx)
         try:
-            async for event in call.engine.stream(call.request, call.ctx):
+            while True:
+                # The task waiting on the engine: what a shutdown interrupts (see `_drain`).
+                call.task = asyncio.current_task()
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    break
                 if isinstance(event, Finish):
                     outcome = "length" if event.reason == "length" else "ok"
                     # Commit the usage before the client learns the response is complete.
@@ -175,7 +187,20 @@ class Gateway:
                     await self._settle(call, outcome, delivered=delivered and call.request.stream, durable=True)
                 yield event
                 delivered = True
-        except (asyncio.CancelledError, GeneratorExit):
+        except asyncio.CancelledError:
+            if not call.draining:
+                outcome = "client_closed"
+                raise
+            # The server is stopping and this request outlived the grace period: end it properly,
+            # with the format's error, instead of cutting the connection.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            outcome = "shutdown"
+            err = ApiError("overloaded", "overloaded", "The server is shutting down; please retry the request.", headers={"Retry-After": "1"})
+            await self._settle(call, outcome, delivered=delivered and call.request.stream, durable=True)
+            if not delivered:
+                raise err from None
+            yield Error(err)
+        except GeneratorExit:
             outcome = "client_closed"
             raise
         except ApiError as err:
@@ -191,6 +216,7 @@ class Gateway:
                 raise err from None
             yield Error(err)
         finally:
+            call.task = None
             if not call.settled:
                 # We may be inside a cancellation: settle on a task of its own.
                 # A non-streaming client receives nothing until the end, so nothing was delivered.
@@ -198,6 +224,24 @@ class Gateway:
                 task = asyncio.get_running_loop().create_task(settle)
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+
+    def request_shutdown(self, grace: float) -> None:
+        """Called from a signal handler: in `grace` seconds, end the requests still running."""
+        if self._loop is not None and not self._draining:
+            self._draining = True
+            self._loop.call_soon_threadsafe(lambda: self._spawn(self._drain(grace)))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        for call in list(self._active.values()):
+            if call.task is not None and not call.task.done():
+                call.draining = True
+                call.task.cancel()
 
     async def _settle(self, call: Call, outcome: str, *, delivered: bool, durable: bool) -> None:
         """Bill the quota, charge the limiter, write the record; `durable` waits for the disk."""
