@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -55,6 +55,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):
+        # The client left while sending its body: nothing to answer, nothing worth a traceback.
+        log.info("client left during the upload of %s %s", request.method, request.url.path)
+        return Response(status_code=400)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(request, ApiError("server", "internal_error", "The server failed unexpectedly; please retry."))
 

@@ -221,6 +221,17 @@ def test_429_body_is_the_seeds_byte_for_byte(server):
         )
 
 
+def test_token_counting_counts_against_the_request_limit(server):
+    _, key = new_key(server, rpm=2)
+    count = lambda: httpx.post(  # noqa: E731
+        server.base_url + "/anthropic/v1/messages/count_tokens",
+        headers={"x-api-key": key},
+        json={"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert [count().status_code for _ in range(3)] == [200, 200, 429]
+    assert chat(server, key).status_code == 429
+
+
 def test_limits_are_per_key_and_per_account(server):
     email, key_a = new_key(server)
     key_b = server.new_key(email, name="second")

@@ -120,10 +120,11 @@ async def count_tokens(request: Request) -> Response:
     """The prompt size with the serving engine's own tokenizer: what a request would be billed."""
     gateway = _gateway(request)
     try:
-        await gateway.authenticate(request.headers)
+        owner = await gateway.authenticate(request.headers)
         body = parse_json_object(await read_body(request))
         chat = anthropic.decode(body, verify_thinking=_signer(request).verify_thinking, count_only=True)
         _model, engine = gateway.catalog.route(chat.model)
+        await gateway.limiter.charge_request(owner, gateway.clock.now())
         tokens = await engine.count_tokens(chat)
     except ApiError as err:
         return anthropic_error(err)

@@ -43,7 +43,7 @@ async def usage(request: Request) -> Response:
         now = gateway.clock.now()
         today = beijing_day(now)
         day = _day(request.query_params.get("day"), today)
-        limit = min(int(request.query_params.get("limit", "50") or 50), 500)
+        limit = max(1, min(int(request.query_params.get("limit", "50") or 50), 500))
     except ApiError as err:
         return openai_error(err)
     except ValueError:

@@ -86,6 +86,24 @@ class RateLimiter:
             out.append(Slots(f"conc:a:{permit.account_id}", permit.account.concurrency))
         return out
 
+    async def precheck(self, owner: KeyOwner, now: float) -> None:
+        """Refuse early a request its request-per-minute limits would refuse anyway, before the
+        server spends time reading its prompt. Takes nothing; `acquire` still decides."""
+        key, account = self.limits_for(owner)
+        permit = Permit("", key, account, owner.key_id, owner.account_id)
+        wait = await self.counters.peek([b for b in self._buckets(permit, 1, 0) if b.key.startswith("rpm:")], now)
+        if wait > 0:
+            raise rate_limited(wait)
+
+    async def charge_request(self, owner: KeyOwner, now: float) -> None:
+        """Count a request that uses no engine (e.g. token counting) against the request limits."""
+        key, account = self.limits_for(owner)
+        permit = Permit("", key, account, owner.key_id, owner.account_id)
+        buckets = [b for b in self._buckets(permit, 1, 0) if b.key.startswith("rpm:")]
+        wait = await self.counters.acquire(buckets, [], "", now, self.settings.lease_seconds)
+        if wait > 0:
+            raise rate_limited(wait)
+
     async def acquire(self, owner: KeyOwner, lease: str, prompt_tokens: int, now: float) -> Permit:
         key, account = self.limits_for(owner)
         permit = Permit(lease, key, account, owner.key_id, owner.account_id)

@@ -131,6 +131,8 @@ class Gateway:
                 f"The model {model.id!r} does not accept images; send text only.",
                 param="messages",
             )
+        # A request its limits refuse anyway should not cost a tokenization of its prompt.
+        await self.limiter.precheck(owner, self.clock.now())
         ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id))
         await engine.measure(request, ctx)
         # A prompt that does not fit is the error to report first: a smaller max_tokens cannot fix it.
