@@ -312,6 +312,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request's full URL at INFO: a line per upstream call, and an upstream URL
+    # may carry credentials. Secrets never go to the logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {

@@ -60,7 +60,10 @@ async def messages(request: Request) -> Response:
     headers = {"request-id": call.ctx.request_id, "x-request-id": call.ctx.request_id}
     if chat.stream:
         encoder = anthropic.MessageStreamEncoder(
-            model=chat.model, input_tokens=call.ctx.prompt_tokens or 0, sign_thinking=signer.sign_thinking
+            model=chat.model,
+            input_tokens=call.ctx.prompt_tokens or 0,
+            sign_thinking=signer.sign_thinking,
+            live_usage=call.ctx.usage,
         )
         frames = message_frames(gateway.events(call), encoder, gateway.settings.stream_ping_interval)
         return EventStream(frames, anthropic_error, headers)  # type: ignore[return-value]

@@ -934,11 +934,6 @@ class OpenAICompatEngine(Engine):
 
     async def start(self) -> None:
         opts = self.options
-        # httpx logs every request's full URL at INFO: one line per upstream call, and a base_url
-        # may carry credentials. Quiet it unless someone configured that logger on purpose.
-        httpx_log = logging.getLogger("httpx")
-        if httpx_log.level == logging.NOTSET:
-            httpx_log.setLevel(logging.WARNING)
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers,

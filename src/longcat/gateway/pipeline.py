@@ -77,6 +77,7 @@ class Gateway:
         self._heartbeat: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._drainer: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -109,8 +110,9 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + wait
         while self._active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._drainer):
+            if task is not None:
+                task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.writer.close()
@@ -231,12 +233,10 @@ class Gateway:
         """Called from a signal handler: in `grace` seconds, end the requests still running."""
         if self._loop is not None and not self._draining:
             self._draining = True
-            self._loop.call_soon_threadsafe(lambda: self._spawn(self._drain(grace)))
+            self._loop.call_soon_threadsafe(self._start_drain, grace)
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _start_drain(self, grace: float) -> None:
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(grace), name="drain")
 
     async def _drain(self, grace: float) -> None:
         await asyncio.sleep(grace)

@@ -431,10 +431,21 @@ class MessageStreamEncoder:
     dropped rather than breaking the stream.
     """
 
-    def __init__(self, *, model: str, input_tokens: int, sign_thinking: SignThinking, message_id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        input_tokens: int,
+        sign_thinking: SignThinking,
+        message_id: str | None = None,
+        live_usage: Usage | None = None,
+    ) -> None:
         self.model = model
         self.id = message_id or new_message_id()
         self.input_tokens = input_tokens
+        # The request's usage as the engine keeps it: by the first event it knows how much of the
+        # prompt came from cache, so message_start can split input the way message_delta will.
+        self.live_usage = live_usage
         self.sign_thinking = sign_thinking
         self.done = False
         self._next_index = 0
@@ -453,9 +464,15 @@ class MessageStreamEncoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": usage_body(Usage(input_tokens=self.input_tokens)),
+            "usage": usage_body(self._start_usage()),
         }
         return [("message_start", {"type": "message_start", "message": message})]
+
+    def _start_usage(self) -> Usage:
+        live = self.live_usage
+        if live is not None and live.input_tokens:
+            return Usage(input_tokens=live.input_tokens, cached_tokens=live.cached_tokens)
+        return Usage(input_tokens=self.input_tokens)
 
     @staticmethod
     def ping() -> Frame:

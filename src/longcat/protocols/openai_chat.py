@@ -323,14 +323,15 @@ def encode_completion(done: Completion, *, model: str, completion_id: str, creat
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in done.tool_calls
         ]
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": FINISH_REASONS[done.finish.reason], "logprobs": None}
+    if done.finish.stop_sequence is not None:
+        choice["stop_reason"] = done.finish.stop_sequence  # as vLLM reports it (see the stream encoder)
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": FINISH_REASONS[done.finish.reason], "logprobs": None}
-        ],
+        "choices": [choice],
         "usage": usage_body(done.usage),
     }
 
@@ -375,6 +376,10 @@ class ChatStreamEncoder:
             return []
         if isinstance(event, Finish):
             out = [self._chunk({}, FINISH_REASONS[event.reason])]
+            if event.stop_sequence is not None:
+                # Which stop sequence ended the reply, as vLLM reports it: OpenAI's finish_reason
+                # "stop" cannot tell, and a gateway in front of us needs it for Anthropic clients.
+                out[0]["choices"][0]["stop_reason"] = event.stop_sequence
             if self.include_usage:
                 out.append(
                     {
