@@ -8,7 +8,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from longcat.store.schema import metadata
+from longcat.store.migrations import migrate
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -33,6 +33,5 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables. Idempotent; safe to run from several processes."""
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+    """Bring the schema up to date (see migrations.py). Idempotent; safe from several processes."""
+    await migrate(engine)

@@ -1,0 +1,63 @@
+"""Schema versions: the database is brought up to date at start-up, one numbered step at a time.
+
+Each step runs once, in order, in the same transaction that records it in `schema_version`, so a
+crash mid-way leaves the previous version intact. On PostgreSQL an advisory lock makes replicas
+that start together take turns; SQLite serialises writers by itself.
+
+To change the schema: edit `schema.py` for new databases, and append a step here that brings an
+existing database to the same shape (e.g. `ALTER TABLE … ADD COLUMN …`). Never edit a step that
+has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from longcat.store.schema import metadata
+
+_version_meta = MetaData()
+schema_version = Table(
+    "schema_version",
+    _version_meta,
+    Column("version", Integer, primary_key=True),
+    Column("description", String(200), nullable=False),
+)
+
+# An arbitrary constant: the advisory lock PostgreSQL replicas take while migrating.
+_LOCK_ID = 0x4C4F4E47
+
+
+def _initial(conn: Connection) -> None:
+    """Every table as of the first release (idempotent: databases made before versioning pass)."""
+    metadata.create_all(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "accounts, keys, usage, quotas, ledger, feedback, stored responses", _initial),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def _migrate(conn: Connection) -> list[int]:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
+    _version_meta.create_all(conn)
+    done = set(conn.execute(select(schema_version.c.version)).scalars())
+    applied = []
+    for version, description, step in MIGRATIONS:
+        if version in done:
+            continue
+        step(conn)
+        conn.execute(schema_version.insert().values(version=version, description=description))
+        applied.append(version)
+    return applied
+
+
+async def migrate(engine: AsyncEngine) -> list[int]:
+    """Apply the steps the database lacks; returns their numbers."""
+    async with engine.begin() as conn:
+        return await conn.run_sync(_migrate)
