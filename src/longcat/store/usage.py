@@ -49,22 +49,20 @@ def _insert(conn: AsyncConnection, table):
 class UsageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # (account, day) pairs whose quota row this process knows exists: skips one statement a batch.
+        self._opened: set[tuple[int, str]] = set()
 
     async def write_batch(self, records: list[UsageRecord]) -> None:
         """Write records, their daily aggregates and the quota they used, in one transaction,
-        so the three always agree. A record already written (same request id) is skipped."""
+        so the three always agree. A record already written (same request id) is skipped, so a
+        batch retried after an unclear failure is never counted twice."""
         if not records:
             return
         async with self.engine.begin() as conn:
-            ids = [r.request_id for r in records]
-            existing = set(
-                (await conn.execute(select(usage_records.c.request_id).where(usage_records.c.request_id.in_(ids)))).scalars()
-            )
-            fresh = [r for r in records if r.request_id not in existing]
-            if not fresh:
-                return
-            await conn.execute(
-                usage_records.insert(),
+            inserted = await conn.execute(
+                _insert(conn, usage_records)
+                .on_conflict_do_nothing(index_elements=["request_id"])
+                .returning(usage_records.c.request_id),
                 [
                     {
                         "request_id": r.request_id,
@@ -82,9 +80,13 @@ class UsageStore:
                         "day": r.day,
                         "created_at": r.created_at,
                     }
-                    for r in fresh
+                    for r in records
                 ],
             )
+            fresh_ids = set(inserted.scalars())
+            fresh = [r for r in records if r.request_id in fresh_ids]
+            if not fresh:
+                return
             daily: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
             quota: dict[tuple[int, str], list[int]] = {}
             for r in fresh:
@@ -119,13 +121,18 @@ class UsageStore:
                         },
                     )
                 )
+            opened = []
             for (account_id, day), (billed, base) in sorted(quota.items()):
-                await self._open_day(conn, account_id, day, base)
+                if (account_id, day) not in self._opened:
+                    await self._open_day(conn, account_id, day, base)
+                    opened.append((account_id, day))
                 await conn.execute(
                     update(quota_days)
                     .where(and_(quota_days.c.account_id == account_id, quota_days.c.day == day))
                     .values(used=quota_days.c.used + billed)
                 )
+        # Only once the transaction committed: a rolled-back day must be opened again.
+        self._opened.update(opened)
 
     async def _open_day(self, conn: AsyncConnection, account_id: int, day: str, base: int) -> None:
         """Create the day's quota row on first use, and record the day's allowance in the ledger."""
