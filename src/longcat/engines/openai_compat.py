@@ -57,34 +57,24 @@ tags inside plain content are not parsed (start vLLM / SGLang with a reasoning p
 calls need the upstream's tool-call parser too (vLLM: `--enable-auto-tool-choice
 --tool-call-parser …`). Tool-call ids that are not `^[a-zA-Z0-9_-]+$` are rewritten to match.
 
-The module is in three parts: the pure translation (canonical request -> upstream body, upstream
-SSE bytes -> canonical events, upstream errors -> `ApiError`), then the engine, which does the I/O.
+The module is the pure translation (canonical request -> upstream body, upstream SSE bytes ->
+canonical events, upstream errors -> `ApiError`), then the engine, which says how this format is
+spoken; the I/O it shares with `anthropic_compat` (replicas, failover, counting with an estimate
+to fall back on, the streaming loop) is `engines/upstream.py`.
 """
 
 from __future__ import annotations
 
-import codecs
-import functools
-import itertools
 import json
 import logging
-import os
 import re
-import ssl
-import time
-from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from longcat.canonical import (
     ApiError,
     Block,
     ChatRequest,
-    Error,
     Event,
     Finish,
     FinishReason,
@@ -99,163 +89,74 @@ from longcat.canonical import (
     ToolCallStart,
     ToolResultBlock,
     ToolUseBlock,
-    Usage,
-    new_tool_call_id,
 )
 from longcat.config import ConfigError, ModelConfig
-from longcat.engines.base import CallContext, Engine, StopMatcher
+from longcat.engines.base import StopMatcher
+from longcat.engines.upstream import (
+    COMMON_OPTION_KEYS,
+    CONTEXT_ERROR,
+    MAX_ERROR_MESSAGE,
+    MESSAGE_OVERHEAD,
+    SSEDecoder,
+    UpstreamEngine,
+    UpstreamOptions,
+    clean,
+    error_fields,
+    estimate_output_tokens,
+    estimate_prompt_tokens,
+    malformed,
+    merge_extra_body,
+    parse_common,
+    safe_url,
+    tool_call_id,
+    upstream_error,
+)
+
+__all__ = [
+    "ChunkTranslator",
+    "OpenAICompatEngine",
+    "Options",
+    "SSEDecoder",
+    "StreamReader",
+    "chat_body",
+    "estimate_prompt_tokens",
+    "parse_options",
+    "safe_url",
+    "upstream_error",
+]
 
 log = logging.getLogger("longcat.engine.openai_compat")
 
-OPTION_KEYS = {
-    "base_url",
-    "base_urls",
-    "upstream_model",
-    "api_key",
-    "api_key_env",
-    "timeout",
-    "max_connections",
-    "tokenize",
-    "thinking_param",
-    "send_reasoning_content",
-    "extra_body",
-}
+OPTION_KEYS = COMMON_OPTION_KEYS | {"thinking_param", "send_reasoning_content"}
 TOKENIZE_MODES = ("vllm", "llamacpp", "none")
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_READ_TIMEOUT = 600.0
-DEFAULT_MAX_CONNECTIONS = 64
-# How long a request waits for a free connection when `max_connections` are all busy.
-POOL_WAIT = 30.0
-# How long a replica that could not be connected to is passed over.
-REPLICA_COOLDOWN = 5.0
-# Upstream error bodies read (and messages shown) are cut to these sizes.
-MAX_ERROR_BODY = 64 * 1024
-MAX_ERROR_MESSAGE = 400
-# A single SSE line longer than this is not a stream we can trust.
-MAX_SSE_LINE = 16 * 1024 * 1024
-# Estimated prompt tokens per image when the upstream cannot count them for us.
-IMAGE_TOKENS_ESTIMATE = 1024
-# Estimated tokens a message's role and separators take.
-MESSAGE_OVERHEAD = 4
 
 
 # ============================================================================ options
 
 
 @dataclass(slots=True)
-class Options:
+class Options(UpstreamOptions):
     """A catalog entry's options, checked once at start-up."""
 
-    base_urls: list[str]
-    upstream_model: str
-    api_key: str | None = None
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    tokenize: str = "none"
     thinking_param: str | None = None
     send_reasoning_content: bool = False
-    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_options(model: ModelConfig, env: dict[str, str] | None = None) -> Options:
     """Check a model's options; raises `ConfigError` naming the model and the option."""
+    common = parse_common(model, env, engine="openai_compat", known=OPTION_KEYS, tokenize_modes=TOKENIZE_MODES)
     opts = model.options
     where = f"model {model.id!r}"
-    unknown = sorted(set(opts) - OPTION_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)} for engine 'openai_compat' (known: {', '.join(sorted(OPTION_KEYS))})")
-
-    if ("base_url" in opts) == ("base_urls" in opts):
-        raise ConfigError(f"{where}: give exactly one of 'base_url' or 'base_urls'")
-    raw_urls = [opts["base_url"]] if "base_url" in opts else opts["base_urls"]
-    if not isinstance(raw_urls, list) or not raw_urls:
-        raise ConfigError(f"{where}: 'base_urls' must be a non-empty array of URLs")
-    urls = []
-    for url in raw_urls:
-        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
-            raise ConfigError(f"{where}: base URL {safe_url(str(url))!r} must start with http:// or https://")
-        urls.append(url.rstrip("/"))
-
-    upstream_model = opts.get("upstream_model", model.id)
-    if not isinstance(upstream_model, str) or not upstream_model:
-        raise ConfigError(f"{where}: 'upstream_model' must be a non-empty string")
-
-    if "api_key" in opts and "api_key_env" in opts:
-        raise ConfigError(f"{where}: give 'api_key' or 'api_key_env', not both")
-    api_key = opts.get("api_key")
-    if api_key is not None and not isinstance(api_key, str):
-        raise ConfigError(f"{where}: 'api_key' must be a string")
-    if "api_key_env" in opts:
-        name = opts["api_key_env"]
-        env = dict(os.environ) if env is None else env
-        if not isinstance(name, str) or not env.get(name):
-            raise ConfigError(f"{where}: 'api_key_env' names the environment variable {name!r}, which is not set")
-        api_key = env[name]
-
-    connect, read = DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
-    timeout = opts.get("timeout")
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        connect = read = float(timeout)
-    elif isinstance(timeout, dict) and set(timeout) <= {"connect", "read"}:
-        connect = float(timeout.get("connect", connect))
-        read = float(timeout.get("read", read))
-    elif timeout is not None:
-        raise ConfigError(f"{where}: 'timeout' must be seconds, or a table {{ connect = …, read = … }}")
-    if connect <= 0 or read <= 0:
-        raise ConfigError(f"{where}: timeouts must be positive")
-
-    max_connections = opts.get("max_connections", DEFAULT_MAX_CONNECTIONS)
-    if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections <= 0:
-        raise ConfigError(f"{where}: 'max_connections' must be a positive integer")
-
-    tokenize = opts.get("tokenize", "none")
-    if tokenize not in TOKENIZE_MODES:
-        raise ConfigError(f"{where}: 'tokenize' must be one of {', '.join(TOKENIZE_MODES)}")
-
     thinking_param = opts.get("thinking_param")
     if thinking_param is not None and not (
         thinking_param in ("thinking", "chat_template_kwargs")
         or (isinstance(thinking_param, str) and re.fullmatch(r"chat_template_kwargs\.\w+", thinking_param))
     ):
         raise ConfigError(f"{where}: 'thinking_param' must be 'chat_template_kwargs', 'chat_template_kwargs.<name>' or 'thinking'")
-
     send_reasoning = opts.get("send_reasoning_content", False)
     if not isinstance(send_reasoning, bool):
         raise ConfigError(f"{where}: 'send_reasoning_content' must be true or false")
-    extra_body = opts.get("extra_body", {})
-    if not isinstance(extra_body, dict):
-        raise ConfigError(f"{where}: 'extra_body' must be a table")
-
-    return Options(
-        base_urls=urls,
-        upstream_model=upstream_model,
-        api_key=api_key or None,
-        connect_timeout=connect,
-        read_timeout=read,
-        max_connections=max_connections,
-        tokenize=tokenize,
-        thinking_param=thinking_param,
-        send_reasoning_content=send_reasoning,
-        extra_body=dict(extra_body),
-    )
-
-
-def safe_url(url: str) -> str:
-    """A URL fit to show: no user, password, query or fragment."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return Options(**common, thinking_param=thinking_param, send_reasoning_content=send_reasoning)
 
 
 def server_root(base_url: str) -> str:
@@ -303,12 +204,7 @@ def chat_body(request: ChatRequest, options: Options, *, max_tokens: int | None 
         else:
             key = options.thinking_param.partition(".")[2] or "enable_thinking"
             body["chat_template_kwargs"] = {key: request.thinking}
-    for key, value in options.extra_body.items():
-        if key not in body:
-            body[key] = value
-        elif isinstance(body[key], dict) and isinstance(value, dict):
-            body[key] = {**value, **body[key]}
-    return body
+    return merge_extra_body(body, options.extra_body)
 
 
 def _tool(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -386,219 +282,27 @@ def image_url(block: ImageBlock) -> str:
         return block.url
     return f"data:{block.media_type or 'image/png'};base64,{block.data or ''}"
 
-
-# ============================================================================ token estimates
-
-
-def estimate_text_tokens(text: str, chars_per_token: int = 3) -> int:
-    """A tokenizer-free estimate: `chars_per_token` ASCII characters, or one other character, a token."""
-    if not text:
-        return 0
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return -(-ascii_chars // chars_per_token) + (len(text) - ascii_chars)
-
-
-def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """A prompt size that errs high (English runs ~4 characters a token; this counts 3)."""
-    total = 0
-    if request.system:
-        total += MESSAGE_OVERHEAD + estimate_text_tokens(request.system_text())
-    for message in request.messages:
-        total += MESSAGE_OVERHEAD
-        for block in message.content:
-            if isinstance(block, (TextBlock, ThinkingBlock)):
-                total += estimate_text_tokens(block.text)
-            elif isinstance(block, ToolUseBlock):
-                total += MESSAGE_OVERHEAD + estimate_text_tokens(block.name + block.arguments + block.id)
-            elif isinstance(block, ToolResultBlock):
-                total += MESSAGE_OVERHEAD + estimate_text_tokens(block.text())
-                total += IMAGE_TOKENS_ESTIMATE * sum(isinstance(b, ImageBlock) for b in block.content)
-            elif isinstance(block, ImageBlock):
-                total += IMAGE_TOKENS_ESTIMATE
-    for tool in request.tools:
-        total += MESSAGE_OVERHEAD + estimate_text_tokens(tool.name + tool.description + json.dumps(tool.parameters))
-    return total + 3  # the assistant turn's header
-
-
-def estimate_output_tokens(text: str) -> int:
-    """Output tokens in one streamed piece (at least 1), until the upstream's own count arrives.
-
-    Most servers stream a token a chunk; a few batch several, so longer pieces count more."""
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return max(1, ascii_chars // 4 + (len(text) - ascii_chars))
-
-
 # ============================================================================ upstream errors
-
-_CONTEXT_ERROR = re.compile(
-    r"context[ _-]?(length|window|size)|maximum context|max_model_len|model'?s? maximum|prompt is too long|"
-    r"too many (input )?tokens|input (is )?too long|exceeds? the (available |maximum )?context|n_ctx|"
-    r"reduce the length",
-    re.IGNORECASE,
-)
-
-
-def _error_fields(body: Any, raw: str) -> tuple[str, str]:
-    """(message, code-or-type) from the usual error bodies: OpenAI/vLLM, FastAPI, llama.cpp, text."""
-    err: Any = body.get("error", body) if isinstance(body, dict) else None
-    if isinstance(err, str):
-        return err, ""
-    if isinstance(err, dict):
-        message = err.get("message") or err.get("detail") or err.get("msg") or ""
-        if isinstance(message, (list, dict)):
-            message = json.dumps(message)
-        code = " ".join(str(err.get(k)) for k in ("code", "type") if err.get(k) is not None)
-        return str(message), code
-    return raw, ""
-
-
-def _clean(message: str, secrets: tuple[str, ...] = ()) -> str:
-    """An upstream message fit to pass on: one line, short, without our credentials."""
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    message = re.sub(r"\s+", " ", message).strip()
-    if len(message) > MAX_ERROR_MESSAGE:
-        message = message[: MAX_ERROR_MESSAGE - 1] + "…"
-    return message
-
-
-def _retry_after(headers: Any) -> str:
-    value = (headers or {}).get("retry-after", "")
-    return value if value.isdigit() and 0 < int(value) <= 3600 else "2"
-
-
-def upstream_error(
-    status: int,
-    body: bytes | str,
-    headers: Any = None,
-    *,
-    model_id: str,
-    secrets: tuple[str, ...] = (),
-) -> ApiError:
-    """The client-facing error for an upstream's non-200 answer. Pure: the engine logs."""
-    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    try:
-        parsed: Any = json.loads(raw)
-    except ValueError:
-        parsed = None
-    message, code = _error_fields(parsed, raw)
-    said = _clean(message, secrets)
-    if status in (401, 403):
-        return ApiError(
-            "upstream",
-            "upstream_error",
-            f"The model server behind {model_id!r} refused the platform's credentials (HTTP {status}); "
-            f"the operator must check the model's api_key.",
-        )
-    if status in (429, 503):
-        return ApiError(
-            "overloaded",
-            "overloaded",
-            f"The model server behind {model_id!r} is busy (HTTP {status}); retry shortly.",
-            headers={"Retry-After": _retry_after(headers)},
-        )
-    if status in (400, 413, 422) or (status >= 500 and _CONTEXT_ERROR.search(message)):
-        if status == 413 or _CONTEXT_ERROR.search(message) or _CONTEXT_ERROR.search(code):
-            return ApiError(
-                "invalid_request",
-                "context_length_exceeded",
-                f"The request does not fit the context window of the model {model_id!r}"
-                + (f"; the model server said: {said}" if said else "."),
-                param="messages",
-            )
-        return ApiError(
-            "invalid_request",
-            "invalid_parameter",
-            f"The model server behind {model_id!r} rejected the request" + (f": {said}" if said else f" (HTTP {status})."),
-        )
-    if status == 404:
-        return ApiError(
-            "upstream",
-            "upstream_error",
-            f"The model server behind {model_id!r} does not know the model or the route (HTTP 404); "
-            f"the operator must check its base_url and upstream_model.",
-        )
-    return ApiError("upstream", "upstream_error", f"The model server behind {model_id!r} failed (HTTP {status}); please retry.")
 
 
 def stream_error(payload: Any, *, model_id: str, secrets: tuple[str, ...] = ()) -> ApiError:
     """An `{"error": …}` object the upstream sent inside its stream."""
-    message, code = _error_fields(payload, json.dumps(payload)[:MAX_ERROR_MESSAGE])
+    message, code = error_fields(payload, json.dumps(payload)[:MAX_ERROR_MESSAGE])
     err = payload.get("error") if isinstance(payload, dict) else None
     status = err.get("code") if isinstance(err, dict) else None
     if isinstance(status, int) and 400 <= status < 600:
         return upstream_error(status, json.dumps(payload), model_id=model_id, secrets=secrets)
-    if _CONTEXT_ERROR.search(message) or _CONTEXT_ERROR.search(code):
+    if CONTEXT_ERROR.search(message) or CONTEXT_ERROR.search(code):
         return upstream_error(400, json.dumps(payload), model_id=model_id, secrets=secrets)
     if re.search(r"overload|rate.?limit|busy", code, re.IGNORECASE):
         return upstream_error(503, json.dumps(payload), model_id=model_id, secrets=secrets)
-    said = _clean(message, secrets)
+    said = clean(message, secrets)
     return ApiError(
         "upstream", "upstream_error", f"The model server behind {model_id!r} failed mid-reply" + (f": {said}" if said else ".")
     )
 
 
-def malformed(model_id: str, what: str) -> ApiError:
-    return ApiError("upstream", "upstream_error", f"The model server behind {model_id!r} sent a malformed stream ({what}).")
-
-
 # ============================================================================ upstream stream -> events
-
-
-class SSEDecoder:
-    """Bytes of a `text/event-stream`, in any chunking, -> the `data` of each complete event."""
-
-    def __init__(self) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buf = ""
-        self._data: list[str] = []
-        self._after_cr = False  # the last piece ended in "\r": a "\n" opening the next is its pair
-
-    def feed(self, raw: bytes) -> list[str]:
-        text = self._utf8.decode(raw)
-        if self._after_cr and text.startswith("\n"):
-            text = text[1:]
-        if text:
-            self._after_cr = text.endswith("\r")
-        *lines, self._buf = (self._buf + text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        if len(self._buf) > MAX_SSE_LINE:
-            raise ValueError("an SSE line longer than 16 MiB")
-        return [data for line in lines if (data := self._line(line)) is not None]
-
-    def close(self) -> list[str]:
-        """At the end of the body: an unterminated last event still counts (lenient)."""
-        out = self.feed(self._utf8.decode(b"", final=True).encode() + b"\n")
-        if self._data:
-            out.append("\n".join(self._data))
-            self._data = []
-        return out
-
-    def _line(self, line: str) -> str | None:
-        if not line:
-            if not self._data:
-                return None
-            data, self._data = "\n".join(self._data), []
-            return data
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        if name == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-
-_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
-
-
-def tool_call_id(upstream_id: Any) -> str:
-    """The upstream's id if every client accepts it, a cleaned copy if not, a new one if none."""
-    if not isinstance(upstream_id, str) or not upstream_id:
-        return new_tool_call_id()
-    if _TOOL_ID.match(upstream_id):
-        return upstream_id
-    cleaned = re.sub(r"[^a-zA-Z0-9_-]", "_", upstream_id)
-    return cleaned if cleaned.strip("_") else new_tool_call_id()
 
 
 @dataclass(slots=True)
@@ -864,6 +568,16 @@ class StreamReader:
         self.done = True
         return events
 
+    feed_whole = feed_completion
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self.translator.usage
+
+    @property
+    def output_estimate(self) -> int:
+        return self.translator.output_estimate
+
     def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
@@ -914,46 +628,16 @@ def completion_as_chunk(body: Any) -> dict[str, Any]:
         choices.append({**choice, "delta": message})
     return {**body, "choices": choices}
 
-
 # ============================================================================ the engine
 
 
-class OpenAICompatEngine(Engine):
+class OpenAICompatEngine(UpstreamEngine):
     kind = "openai_compat"
+    log = log
 
     def __init__(self, model: ModelConfig, *, env: dict[str, str] | None = None) -> None:
-        super().__init__(model)
-        self.options = parse_options(model, env)
-        self._secrets = (self.options.api_key,) if self.options.api_key else ()
-        self._client: httpx.AsyncClient | None = None
-        self._next = itertools.count()
-        self._down_until = [0.0] * len(self.options.base_urls)
-        self._count_warned = False
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        opts = self.options
-        headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            verify=_tls_context(),
-            timeout=httpx.Timeout(connect=opts.connect_timeout, read=opts.read_timeout, write=opts.read_timeout, pool=POOL_WAIT),
-            limits=httpx.Limits(max_connections=opts.max_connections, max_keepalive_connections=opts.max_connections),
-        )
-        log.info(
-            "model %s: upstream %s (model %s, %d replica%s)",
-            self.model.id,
-            ", ".join(safe_url(u) for u in opts.base_urls),
-            opts.upstream_model,
-            len(opts.base_urls),
-            "" if len(opts.base_urls) == 1 else "s",
-        )
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self.options: Options = parse_options(model, env)
+        super().__init__(model, self.options)
 
     def describe(self) -> dict[str, Any]:
         opts = self.options
@@ -975,118 +659,24 @@ class OpenAICompatEngine(Engine):
             "native_tool_calls": True,
         }
 
-    # ------------------------------------------------------------------ replicas
+    # ------------------------------------------------------------------ the wire format
 
-    def _replica_order(self) -> list[int]:
-        """Round-robin start; replicas recently unreachable go last (never dropped entirely)."""
-        n = len(self.options.base_urls)
-        first = next(self._next) % n
-        order = [(first + k) % n for k in range(n)]
-        now = time.monotonic()
-        return [i for i in order if self._down_until[i] <= now] + [i for i in order if self._down_until[i] > now]
+    def request_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
 
-    async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> httpx.Response:
-        """Send to the first replica that answers; a streamed response the caller must close.
+    def url(self, base: str, path: str, root: bool) -> str:
+        return (server_root(base) if root else base) + path
 
-        Only failures before any byte of the reply move on to the next replica."""
-        if self._client is None:
-            raise RuntimeError("the engine was not started")
-        tried = 0
-        order = self._replica_order()
-        # A kept-alive connection the server had just closed fails before any byte too: that
-        # is worth one more try on a fresh connection to the same replica.
-        attempts = deque((i, False) for i in order)
-        while attempts:
-            i, retry = attempts.popleft()
-            base = self.options.base_urls[i]
-            url = (server_root(base) if root else base) + path
-            request = self._client.build_request(method, url, json=body)
-            try:
-                response = await self._client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                if not retry and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-                    attempts.appendleft((i, True))
-                    continue
-                tried += 1
-                self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
-                log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), type(exc).__name__,
-                            "; trying the next replica" if tried < len(self.options.base_urls) else "")
-                continue
-            except httpx.PoolTimeout:
-                raise ApiError(
-                    "overloaded",
-                    "overloaded",
-                    f"All {self.options.max_connections} connections to the model server behind {self.model.id!r} are busy; retry shortly.",
-                    headers={"Retry-After": "2"},
-                ) from None
-            except httpx.TimeoutException:
-                log.warning("model %s: upstream %s did not answer within %.1f s", self.model.id, safe_url(base),
-                            self.options.read_timeout)
-                raise ApiError(
-                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} did not answer in time; please retry."
-                ) from None
-            except httpx.HTTPError as exc:
-                log.warning("model %s: request to %s failed: %s", self.model.id, safe_url(base), type(exc).__name__)
-                raise ApiError("upstream", "upstream_error", f"The model server behind {self.model.id!r} could not be reached.") from None
-            self._down_until[i] = 0.0
-            return response
-        raise ApiError(
-            "upstream",
-            "upstream_error",
-            f"The model server behind {self.model.id!r} could not be reached"
-            + (f" (tried {tried} replicas)." if tried > 1 else "."),
-        )
+    def generation(self, request: ChatRequest, max_tokens: int | None) -> tuple[str, dict[str, Any]]:
+        return "/chat/completions", chat_body(request, self.options, max_tokens=max_tokens)
 
-    async def _check(self, response: httpx.Response) -> None:
-        """Raise the mapped `ApiError` (and close the response) unless it is a 200."""
-        if response.status_code == 200:
-            return
-        body = b""
-        try:
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) >= MAX_ERROR_BODY:
-                    break
-        except httpx.HTTPError:
-            pass
-        finally:
-            await response.aclose()
-        err = upstream_error(response.status_code, body, response.headers, model_id=self.model.id, secrets=self._secrets)
-        status = response.status_code
-        # The operator must act on these; the client's own mistakes are only of passing interest.
-        level = logging.ERROR if status in (401, 403, 404) else logging.INFO if err.kind == "invalid_request" else logging.WARNING
-        log.log(level, "model %s: upstream %s answered HTTP %d: %s", self.model.id, safe_url(str(response.url)),
-                status, _clean(body.decode("utf-8", "replace"), self._secrets))
-        raise err
+    def reader(self, request: ChatRequest) -> StreamReader:
+        return StreamReader(ChunkTranslator(model_id=self.model.id, stop=request.stop, secrets=self._secrets))
 
-    # ------------------------------------------------------------------ counting
-
-    async def count_tokens(self, request: ChatRequest) -> int:
-        return (await self._count(request))[0]
-
-    async def _count(self, request: ChatRequest) -> tuple[int, bool]:
-        """(prompt tokens, whether the upstream counted them). An upstream that cannot count
-        (down, no such route) gets an estimate, with one warning, rather than failing requests."""
-        mode = self.options.tokenize
-        if mode != "none":
-            try:
-                count = await (self._count_vllm(request) if mode == "vllm" else self._count_llamacpp(request))
-                self._count_warned = False
-                return count, True
-            except (ApiError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                if not self._count_warned:
-                    self._count_warned = True
-                    log.warning("model %s: the upstream could not count tokens (%s); estimating until it can",
-                                self.model.id, getattr(exc, "message", type(exc).__name__))
-        return estimate_prompt_tokens(request), False
-
-    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
-        response = await self._send("POST", path, body, root=True)
-        await self._check(response)
-        try:
-            return json.loads(await response.aread())
-        finally:
-            await response.aclose()
+    async def count_exact(self, request: ChatRequest) -> int:
+        if self.options.tokenize == "vllm":
+            return await self._count_vllm(request)
+        return await self._count_llamacpp(request)
 
     async def _count_vllm(self, request: ChatRequest) -> int:
         body: dict[str, Any] = {
@@ -1096,7 +686,7 @@ class OpenAICompatEngine(Engine):
         }
         if request.tools:
             body["tools"] = chat_body(request, self.options)["tools"]
-        result = await self._post_json("/tokenize", body)
+        result = await self._post_json("/tokenize", body, root=True)
         count = result.get("count")
         return int(count) if isinstance(count, int) else len(result["tokens"])
 
@@ -1106,101 +696,14 @@ class OpenAICompatEngine(Engine):
         if request.tools:
             template["tools"] = chat_body(request, self.options)["tools"]
         try:
-            prompt = (await self._post_json("/apply-template", template))["prompt"]
+            prompt = (await self._post_json("/apply-template", template, root=True))["prompt"]
             overhead = 0
         except ApiError:
             # An older server without /apply-template: count the text, plus the role markers.
             prompt = "\n".join(_plain_text(m) for m in messages)
             overhead = MESSAGE_OVERHEAD * len(messages)
-        result = await self._post_json("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})
+        result = await self._post_json("/tokenize", {"content": prompt, "add_special": True, "parse_special": True}, root=True)
         return len(result["tokens"]) + overhead
-
-    async def measure(self, request: ChatRequest, ctx: CallContext) -> int:
-        count, exact = await self._count(request)
-        if not exact:
-            # An estimate never refuses a prompt: the upstream decides what fits its context.
-            count = min(count, self.model.context_window - 1)
-        ctx.prompt_tokens = count
-        ctx.prompt_cache = exact
-        return count
-
-    # ------------------------------------------------------------------ generation
-
-    async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[Event]:
-        prompt = ctx.prompt_tokens if ctx.prompt_tokens is not None else estimate_prompt_tokens(request)
-        ctx.usage.input_tokens = prompt
-        budget = request.max_tokens
-        if budget is not None and ctx.prompt_cache is True:
-            # vLLM refuses prompt + max_tokens beyond its context; with an exact count, fit it.
-            budget = max(1, min(budget, self.model.context_window - prompt))
-        body = chat_body(request, self.options, max_tokens=budget)
-        translator = ChunkTranslator(model_id=self.model.id, stop=request.stop, secrets=self._secrets)
-        reader = StreamReader(translator)
-        response = await self._send("POST", "/chat/completions", body)
-        emitted = checked = False
-        try:
-            await self._check(response)  # logs what it raises
-            checked = True
-            try:
-                if response.headers.get("content-type", "").startswith("application/json"):
-                    # An upstream that ignored `stream`: its whole reply is one chunk.
-                    pieces: AsyncIterator[bytes] = _one(await response.aread())
-                    feed = reader.feed_completion
-                else:
-                    pieces, feed = response.aiter_bytes(), reader.feed
-                async for piece in pieces:
-                    for event in feed(piece):
-                        emitted = True
-                        yield event
-                    reader.raise_error()
-                    self._meter(ctx, translator)
-                    if reader.done:
-                        break
-            except httpx.TimeoutException:
-                raise ApiError(
-                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} stopped answering (read timeout)."
-                ) from None
-            except httpx.HTTPError as exc:
-                log.warning("model %s: upstream stream broke: %s", self.model.id, type(exc).__name__)
-                raise ApiError(
-                    "upstream", "upstream_error", f"The connection to the model server behind {self.model.id!r} broke mid-reply."
-                ) from None
-            events, finish = reader.end()
-            self._meter(ctx, translator)
-            for event in events:
-                emitted = True
-                yield event
-            yield Usage(ctx.usage.input_tokens, ctx.usage.output_tokens, ctx.usage.cached_tokens)
-            yield finish
-        except ApiError as err:
-            self._meter(ctx, translator)
-            if checked:
-                log.warning("model %s: request %s failed %s: %s", self.model.id, ctx.request_id,
-                            "mid-reply" if emitted else "before any output", err.message)
-            if not emitted:
-                raise
-            yield Error(err)
-        finally:
-            # Also on cancellation (the client left): closing the response ends the upstream request.
-            await response.aclose()
-
-    @staticmethod
-    def _meter(ctx: CallContext, translator: ChunkTranslator) -> None:
-        """Live usage: the upstream's numbers once it sent them, estimates until then."""
-        reported = translator.usage
-        ctx.usage.input_tokens = reported.get("input", ctx.usage.input_tokens)
-        ctx.usage.output_tokens = reported.get("output", translator.output_estimate)
-        ctx.usage.cached_tokens = reported.get("cached", ctx.usage.cached_tokens)
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every engine (building one takes ~30 ms: 30 models, a second)."""
-    return httpx.create_ssl_context()
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def _plain_text(message: dict[str, Any]) -> str:

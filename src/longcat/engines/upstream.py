@@ -1,0 +1,706 @@
+"""What the engines in front of upstream HTTP servers share (`openai_compat`, `anthropic_compat`).
+
+The wire formats differ; the rest is the same: the common catalog options, a pool of replicas
+with failover before the first byte of a reply, the mapping of HTTP failures to the platform's
+errors, SSE framing, counting with an estimate to fall back on, and the streaming loop that keeps
+`ctx.usage` current and closes the upstream request when the client leaves. `UpstreamEngine` is
+that loop; a subclass says how its format builds a request, reads a stream and names its errors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import itertools
+import json
+import logging
+import os
+import re
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from longcat.canonical import (
+    ApiError,
+    ChatRequest,
+    Error,
+    Event,
+    Finish,
+    ImageBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    Usage,
+    new_tool_call_id,
+)
+from longcat.config import ConfigError, ModelConfig
+from longcat.engines.base import CallContext, Engine
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 600.0
+DEFAULT_MAX_CONNECTIONS = 64
+# How long a request waits for a free connection when `max_connections` are all busy.
+POOL_WAIT = 30.0
+# How long a replica that could not be connected to is passed over.
+REPLICA_COOLDOWN = 5.0
+# Upstream error bodies read (and messages shown) are cut to these sizes.
+MAX_ERROR_BODY = 64 * 1024
+MAX_ERROR_MESSAGE = 400
+# A single SSE line longer than this is not a stream we can trust.
+MAX_SSE_LINE = 16 * 1024 * 1024
+# Estimated prompt tokens per image when the upstream cannot count them for us.
+IMAGE_TOKENS_ESTIMATE = 1024
+# Estimated tokens a message's role and separators take.
+MESSAGE_OVERHEAD = 4
+
+# The options every upstream engine takes; each engine adds its own.
+COMMON_OPTION_KEYS = frozenset(
+    {"base_url", "base_urls", "upstream_model", "api_key", "api_key_env", "timeout", "max_connections", "tokenize", "extra_body"}
+)
+
+
+# ============================================================================ options
+
+
+@dataclass(slots=True)
+class UpstreamOptions:
+    """The options of a catalog entry served upstream, checked once at start-up."""
+
+    base_urls: list[str]
+    upstream_model: str
+    api_key: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    tokenize: str = "none"
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_common(
+    model: ModelConfig,
+    env: dict[str, str] | None,
+    *,
+    engine: str,
+    known: set[str] | frozenset[str],
+    tokenize_modes: tuple[str, ...],
+) -> dict[str, Any]:
+    """The common options of `model`, checked, as keyword arguments of `UpstreamOptions`.
+
+    Raises `ConfigError` naming the model and the option; unknown keys (not in `known`) too."""
+    opts = model.options
+    where = f"model {model.id!r}"
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)} for engine {engine!r} (known: {', '.join(sorted(known))})")
+
+    if ("base_url" in opts) == ("base_urls" in opts):
+        raise ConfigError(f"{where}: give exactly one of 'base_url' or 'base_urls'")
+    raw_urls = [opts["base_url"]] if "base_url" in opts else opts["base_urls"]
+    if not isinstance(raw_urls, list) or not raw_urls:
+        raise ConfigError(f"{where}: 'base_urls' must be a non-empty array of URLs")
+    urls = []
+    for url in raw_urls:
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"{where}: base URL {safe_url(str(url))!r} must start with http:// or https://")
+        urls.append(url.rstrip("/"))
+
+    upstream_model = opts.get("upstream_model", model.id)
+    if not isinstance(upstream_model, str) or not upstream_model:
+        raise ConfigError(f"{where}: 'upstream_model' must be a non-empty string")
+
+    if "api_key" in opts and "api_key_env" in opts:
+        raise ConfigError(f"{where}: give 'api_key' or 'api_key_env', not both")
+    api_key = opts.get("api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigError(f"{where}: 'api_key' must be a string")
+    if "api_key_env" in opts:
+        name = opts["api_key_env"]
+        env = dict(os.environ) if env is None else env
+        if not isinstance(name, str) or not env.get(name):
+            raise ConfigError(f"{where}: 'api_key_env' names the environment variable {name!r}, which is not set")
+        api_key = env[name]
+
+    connect, read = DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+    timeout = opts.get("timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        connect = read = float(timeout)
+    elif isinstance(timeout, dict) and set(timeout) <= {"connect", "read"}:
+        connect = float(timeout.get("connect", connect))
+        read = float(timeout.get("read", read))
+    elif timeout is not None:
+        raise ConfigError(f"{where}: 'timeout' must be seconds, or a table {{ connect = …, read = … }}")
+    if connect <= 0 or read <= 0:
+        raise ConfigError(f"{where}: timeouts must be positive")
+
+    max_connections = opts.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections <= 0:
+        raise ConfigError(f"{where}: 'max_connections' must be a positive integer")
+
+    tokenize = opts.get("tokenize", "none")
+    if tokenize not in tokenize_modes:
+        raise ConfigError(f"{where}: 'tokenize' must be one of {', '.join(tokenize_modes)}")
+
+    extra_body = opts.get("extra_body", {})
+    if not isinstance(extra_body, dict):
+        raise ConfigError(f"{where}: 'extra_body' must be a table")
+
+    return {
+        "base_urls": urls,
+        "upstream_model": upstream_model,
+        "api_key": api_key or None,
+        "connect_timeout": connect,
+        "read_timeout": read,
+        "max_connections": max_connections,
+        "tokenize": tokenize,
+        "extra_body": dict(extra_body),
+    }
+
+
+def merge_extra_body(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra_body` fields the request did not set; tables merge, the request's keys winning."""
+    for key, value in extra.items():
+        if key not in body:
+            body[key] = value
+        elif isinstance(body[key], dict) and isinstance(value, dict):
+            body[key] = {**value, **body[key]}
+    return body
+
+
+def safe_url(url: str) -> str:
+    """A URL fit to show: no user, password, query or fragment."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every engine (building one takes ~30 ms: 30 models, a second)."""
+    return httpx.create_ssl_context()
+
+
+# ============================================================================ token estimates
+
+
+def estimate_text_tokens(text: str, chars_per_token: int = 3) -> int:
+    """A tokenizer-free estimate: `chars_per_token` ASCII characters, or one other character, a token."""
+    if not text:
+        return 0
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return -(-ascii_chars // chars_per_token) + (len(text) - ascii_chars)
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """A prompt size that errs high (English runs ~4 characters a token; this counts 3)."""
+    total = 0
+    if request.system:
+        total += MESSAGE_OVERHEAD + estimate_text_tokens(request.system_text())
+    for message in request.messages:
+        total += MESSAGE_OVERHEAD
+        for block in message.content:
+            if isinstance(block, (TextBlock, ThinkingBlock)):
+                total += estimate_text_tokens(block.text)
+            elif isinstance(block, ToolUseBlock):
+                total += MESSAGE_OVERHEAD + estimate_text_tokens(block.name + block.arguments + block.id)
+            elif isinstance(block, ToolResultBlock):
+                total += MESSAGE_OVERHEAD + estimate_text_tokens(block.text())
+                total += IMAGE_TOKENS_ESTIMATE * sum(isinstance(b, ImageBlock) for b in block.content)
+            elif isinstance(block, ImageBlock):
+                total += IMAGE_TOKENS_ESTIMATE
+    for tool in request.tools:
+        total += MESSAGE_OVERHEAD + estimate_text_tokens(tool.name + tool.description + json.dumps(tool.parameters))
+    return total + 3  # the assistant turn's header
+
+
+def estimate_output_tokens(text: str) -> int:
+    """Output tokens in one streamed piece (at least 1), until the upstream's own count arrives.
+
+    Most servers stream a token a chunk; a few batch several, so longer pieces count more."""
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return max(1, ascii_chars // 4 + (len(text) - ascii_chars))
+
+
+# ============================================================================ upstream errors
+
+CONTEXT_ERROR = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|max_model_len|model'?s? maximum|prompt is too long|"
+    r"too many (input )?tokens|input (is )?too long|exceeds? the (available |maximum )?context|n_ctx|"
+    r"reduce the length",
+    re.IGNORECASE,
+)
+
+
+def error_fields(body: Any, raw: str) -> tuple[str, str]:
+    """(message, code-or-type) from the usual error bodies: OpenAI/vLLM, Anthropic, FastAPI, llama.cpp, text."""
+    err: Any = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(err, str):
+        return err, ""
+    if isinstance(err, dict):
+        message = err.get("message") or err.get("detail") or err.get("msg") or ""
+        if isinstance(message, (list, dict)):
+            message = json.dumps(message)
+        code = " ".join(str(err.get(k)) for k in ("code", "type") if err.get(k) is not None)
+        return str(message), code
+    return raw, ""
+
+
+def clean(message: str, secrets: tuple[str, ...] = ()) -> str:
+    """An upstream message fit to pass on: one line, short, without our credentials."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    message = re.sub(r"\s+", " ", message).strip()
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[: MAX_ERROR_MESSAGE - 1] + "…"
+    return message
+
+
+def retry_after(headers: Any) -> str:
+    value = (headers or {}).get("retry-after", "")
+    return value if value.isdigit() and 0 < int(value) <= 3600 else "2"
+
+
+def upstream_error(
+    status: int,
+    body: bytes | str,
+    headers: Any = None,
+    *,
+    model_id: str,
+    secrets: tuple[str, ...] = (),
+) -> ApiError:
+    """The client-facing error for an upstream's non-200 answer. Pure: the engine logs."""
+    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        parsed: Any = json.loads(raw)
+    except ValueError:
+        parsed = None
+    message, code = error_fields(parsed, raw)
+    said = clean(message, secrets)
+    if status in (401, 403):
+        return ApiError(
+            "upstream",
+            "upstream_error",
+            f"The model server behind {model_id!r} refused the platform's credentials (HTTP {status}); "
+            f"the operator must check the model's api_key.",
+        )
+    if status in (429, 503):
+        return ApiError(
+            "overloaded",
+            "overloaded",
+            f"The model server behind {model_id!r} is busy (HTTP {status}); retry shortly.",
+            headers={"Retry-After": retry_after(headers)},
+        )
+    if status in (400, 413, 422) or (status >= 500 and CONTEXT_ERROR.search(message)):
+        if status == 413 or CONTEXT_ERROR.search(message) or CONTEXT_ERROR.search(code):
+            return ApiError(
+                "invalid_request",
+                "context_length_exceeded",
+                f"The request does not fit the context window of the model {model_id!r}"
+                + (f"; the model server said: {said}" if said else "."),
+                param="messages",
+            )
+        return ApiError(
+            "invalid_request",
+            "invalid_parameter",
+            f"The model server behind {model_id!r} rejected the request" + (f": {said}" if said else f" (HTTP {status})."),
+        )
+    if status == 404:
+        return ApiError(
+            "upstream",
+            "upstream_error",
+            f"The model server behind {model_id!r} does not know the model or the route (HTTP 404); "
+            f"the operator must check its base_url and upstream_model.",
+        )
+    return ApiError("upstream", "upstream_error", f"The model server behind {model_id!r} failed (HTTP {status}); please retry.")
+
+
+def malformed(model_id: str, what: str) -> ApiError:
+    return ApiError("upstream", "upstream_error", f"The model server behind {model_id!r} sent a malformed stream ({what}).")
+
+
+def cut_short(model_id: str) -> ApiError:
+    return ApiError(
+        "upstream", "upstream_error", f"The model server behind {model_id!r} closed the stream before the reply was complete."
+    )
+
+
+# ============================================================================ SSE, tool-call ids
+
+
+@dataclass(slots=True)
+class SSEvent:
+    """One server-sent event: its `event` name (None if it had none) and its `data`."""
+
+    name: str | None
+    data: str
+
+
+class SSEDecoder:
+    """Bytes of a `text/event-stream`, in any chunking, -> the `data` of each complete event.
+
+    `events` gives the event names too (the Anthropic stream names every event)."""
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buf = ""
+        self._data: list[str] = []
+        self._name: str | None = None
+        self._after_cr = False  # the last piece ended in "\r": a "\n" opening the next is its pair
+
+    def feed(self, raw: bytes) -> list[str]:
+        return [e.data for e in self.events(raw)]
+
+    def close(self) -> list[str]:
+        return [e.data for e in self.close_events()]
+
+    def events(self, raw: bytes) -> list[SSEvent]:
+        text = self._utf8.decode(raw)
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]
+        if text:
+            self._after_cr = text.endswith("\r")
+        *lines, self._buf = (self._buf + text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if len(self._buf) > MAX_SSE_LINE:
+            raise ValueError("an SSE line longer than 16 MiB")
+        return [event for line in lines if (event := self._line(line)) is not None]
+
+    def close_events(self) -> list[SSEvent]:
+        """At the end of the body: an unterminated last event still counts (lenient)."""
+        out = self.events(self._utf8.decode(b"", final=True).encode() + b"\n")
+        if self._data:
+            out.append(SSEvent(self._name, "\n".join(self._data)))
+            self._data, self._name = [], None
+        return out
+
+    def _line(self, line: str) -> SSEvent | None:
+        if not line:
+            name, self._name = self._name, None
+            if not self._data:
+                return None
+            data, self._data = "\n".join(self._data), []
+            return SSEvent(name, data)
+        if line.startswith(":"):
+            return None
+        key, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if key == "data":
+            self._data.append(value)
+        elif key == "event":
+            self._name = value
+        return None
+
+
+_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def tool_call_id(upstream_id: Any) -> str:
+    """The upstream's id if every client accepts it, a cleaned copy if not, a new one if none."""
+    if not isinstance(upstream_id, str) or not upstream_id:
+        return new_tool_call_id()
+    if _TOOL_ID.match(upstream_id):
+        return upstream_id
+    cleaned = re.sub(r"[^a-zA-Z0-9_-]", "_", upstream_id)
+    return cleaned if cleaned.strip("_") else new_tool_call_id()
+
+
+# ============================================================================ the engine
+
+
+class Reader(Protocol):
+    """An upstream reply, bytes in, canonical events out (pure; one per request).
+
+    A failure part-way through a piece keeps the events before it: `feed` returns them and
+    `raise_error` raises afterwards. `usage` holds what the upstream reported so far (`input`,
+    `output`, `cached`), `output_estimate` the output counted from the text received."""
+
+    done: bool
+
+    def feed(self, raw: bytes) -> list[Event]: ...
+
+    def feed_whole(self, raw: bytes) -> list[Event]: ...
+
+    def raise_error(self) -> None: ...
+
+    def end(self) -> tuple[list[Event], Finish]: ...
+
+    @property
+    def usage(self) -> dict[str, int]: ...
+
+    @property
+    def output_estimate(self) -> int: ...
+
+
+class UpstreamEngine(Engine):
+    """A model served by upstream HTTP servers: replicas, failover, counting, the streaming loop.
+
+    Subclasses set `log`, `describe`, and the wire format: `request_headers`, `generation`
+    (path and body of the streamed request), `reader`, `map_error` and `count_exact`.
+    """
+
+    kind = "upstream"
+    log = logging.getLogger("longcat.engine.upstream")
+
+    def __init__(self, model: ModelConfig, options: UpstreamOptions) -> None:
+        super().__init__(model)
+        self.options = options
+        self._secrets = (options.api_key,) if options.api_key else ()
+        self._client: httpx.AsyncClient | None = None
+        self._next = itertools.count()
+        self._down_until = [0.0] * len(options.base_urls)
+        self._count_warned = False
+
+    # ------------------------------------------------------------------ the wire format
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers on every upstream request (credentials among them: never logged)."""
+        return {}
+
+    def url(self, base: str, path: str, root: bool) -> str:
+        """The URL of `path` on the replica `base`; `root` for routes outside the API prefix."""
+        return base + path
+
+    def map_error(self, status: int, body: bytes, headers: Any) -> ApiError:
+        return upstream_error(status, body, headers, model_id=self.model.id, secrets=self._secrets)
+
+    async def count_exact(self, request: ChatRequest) -> int:
+        """The upstream's own count of the prompt (only called when `tokenize` is not "none")."""
+        raise NotImplementedError
+
+    def generation(self, request: ChatRequest, max_tokens: int | None) -> tuple[str, dict[str, Any]]:
+        """(path, body) of the streamed generation request."""
+        raise NotImplementedError
+
+    def reader(self, request: ChatRequest) -> Reader:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        opts = self.options
+        self._client = httpx.AsyncClient(
+            headers=self.request_headers(),
+            verify=tls_context(),
+            timeout=httpx.Timeout(connect=opts.connect_timeout, read=opts.read_timeout, write=opts.read_timeout, pool=POOL_WAIT),
+            limits=httpx.Limits(max_connections=opts.max_connections, max_keepalive_connections=opts.max_connections),
+        )
+        self.log.info(
+            "model %s: upstream %s (model %s, %d replica%s)",
+            self.model.id,
+            ", ".join(safe_url(u) for u in opts.base_urls),
+            opts.upstream_model,
+            len(opts.base_urls),
+            "" if len(opts.base_urls) == 1 else "s",
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # ------------------------------------------------------------------ replicas
+
+    def _replica_order(self) -> list[int]:
+        """Round-robin start; replicas recently unreachable go last (never dropped entirely)."""
+        n = len(self.options.base_urls)
+        first = next(self._next) % n
+        order = [(first + k) % n for k in range(n)]
+        now = time.monotonic()
+        return [i for i in order if self._down_until[i] <= now] + [i for i in order if self._down_until[i] > now]
+
+    async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> httpx.Response:
+        """Send to the first replica that answers; a streamed response the caller must close.
+
+        Only failures before any byte of the reply move on to the next replica."""
+        if self._client is None:
+            raise RuntimeError("the engine was not started")
+        tried = 0
+        order = self._replica_order()
+        # A kept-alive connection the server had just closed fails before any byte too: that
+        # is worth one more try on a fresh connection to the same replica.
+        attempts = deque((i, False) for i in order)
+        while attempts:
+            i, retry = attempts.popleft()
+            base = self.options.base_urls[i]
+            request = self._client.build_request(method, self.url(base, path, root), json=body)
+            try:
+                response = await self._client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if not retry and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+                    attempts.appendleft((i, True))
+                    continue
+                tried += 1
+                self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
+                self.log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), type(exc).__name__,
+                                 "; trying the next replica" if tried < len(self.options.base_urls) else "")
+                continue
+            except httpx.PoolTimeout:
+                raise ApiError(
+                    "overloaded",
+                    "overloaded",
+                    f"All {self.options.max_connections} connections to the model server behind {self.model.id!r} are busy; retry shortly.",
+                    headers={"Retry-After": "2"},
+                ) from None
+            except httpx.TimeoutException:
+                self.log.warning("model %s: upstream %s did not answer within %.1f s", self.model.id, safe_url(base),
+                                 self.options.read_timeout)
+                raise ApiError(
+                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} did not answer in time; please retry."
+                ) from None
+            except httpx.HTTPError as exc:
+                self.log.warning("model %s: request to %s failed: %s", self.model.id, safe_url(base), type(exc).__name__)
+                raise ApiError("upstream", "upstream_error", f"The model server behind {self.model.id!r} could not be reached.") from None
+            self._down_until[i] = 0.0
+            return response
+        raise ApiError(
+            "upstream",
+            "upstream_error",
+            f"The model server behind {self.model.id!r} could not be reached"
+            + (f" (tried {tried} replicas)." if tried > 1 else "."),
+        )
+
+    async def _check(self, response: httpx.Response) -> None:
+        """Raise the mapped `ApiError` (and close the response) unless it is a 200."""
+        if response.status_code == 200:
+            return
+        body = b""
+        try:
+            async for piece in response.aiter_bytes():
+                body += piece
+                if len(body) >= MAX_ERROR_BODY:
+                    break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+        err = self.map_error(response.status_code, body, response.headers)
+        status = response.status_code
+        # The operator must act on these; the client's own mistakes are only of passing interest.
+        level = logging.ERROR if status in (401, 402, 403, 404) else logging.INFO if err.kind == "invalid_request" else logging.WARNING
+        self.log.log(level, "model %s: upstream %s answered HTTP %d: %s", self.model.id, safe_url(str(response.url)),
+                     status, clean(body.decode("utf-8", "replace"), self._secrets))
+        raise err
+
+    async def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False) -> Any:
+        response = await self._send("POST", path, body, root=root)
+        await self._check(response)
+        try:
+            return json.loads(await response.aread())
+        finally:
+            await response.aclose()
+
+    # ------------------------------------------------------------------ counting
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        return (await self._count(request))[0]
+
+    async def _count(self, request: ChatRequest) -> tuple[int, bool]:
+        """(prompt tokens, whether the upstream counted them). An upstream that cannot count
+        (down, no such route) gets an estimate, with one warning, rather than failing requests."""
+        if self.options.tokenize != "none":
+            try:
+                count = await self.count_exact(request)
+                self._count_warned = False
+                return count, True
+            except (ApiError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                if not self._count_warned:
+                    self._count_warned = True
+                    self.log.warning("model %s: the upstream could not count tokens (%s); estimating until it can",
+                                     self.model.id, getattr(exc, "message", type(exc).__name__))
+        return estimate_prompt_tokens(request), False
+
+    async def measure(self, request: ChatRequest, ctx: CallContext) -> int:
+        count, exact = await self._count(request)
+        if not exact:
+            # An estimate never refuses a prompt: the upstream decides what fits its context.
+            count = min(count, self.model.context_window - 1)
+        ctx.prompt_tokens = count
+        ctx.prompt_cache = exact
+        return count
+
+    # ------------------------------------------------------------------ generation
+
+    async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[Event]:
+        prompt = ctx.prompt_tokens if ctx.prompt_tokens is not None else estimate_prompt_tokens(request)
+        ctx.usage.input_tokens = prompt
+        budget = request.max_tokens
+        if budget is not None and ctx.prompt_cache is True:
+            # Servers refuse prompt + max_tokens beyond their context; with an exact count, fit it.
+            budget = max(1, min(budget, self.model.context_window - prompt))
+        path, body = self.generation(request, budget)
+        reader = self.reader(request)
+        response = await self._send("POST", path, body)
+        emitted = checked = False
+        try:
+            await self._check(response)  # logs what it raises
+            checked = True
+            try:
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # An upstream that ignored `stream`: its whole reply at once.
+                    pieces: AsyncIterator[bytes] = _one(await response.aread())
+                    feed = reader.feed_whole
+                else:
+                    pieces, feed = response.aiter_bytes(), reader.feed
+                async for piece in pieces:
+                    for event in feed(piece):
+                        emitted = True
+                        yield event
+                    reader.raise_error()
+                    self._meter(ctx, reader)
+                    if reader.done:
+                        break
+            except httpx.TimeoutException:
+                raise ApiError(
+                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} stopped answering (read timeout)."
+                ) from None
+            except httpx.HTTPError as exc:
+                self.log.warning("model %s: upstream stream broke: %s", self.model.id, type(exc).__name__)
+                raise ApiError(
+                    "upstream", "upstream_error", f"The connection to the model server behind {self.model.id!r} broke mid-reply."
+                ) from None
+            events, finish = reader.end()
+            self._meter(ctx, reader)
+            for event in events:
+                emitted = True
+                yield event
+            yield Usage(ctx.usage.input_tokens, ctx.usage.output_tokens, ctx.usage.cached_tokens)
+            yield finish
+        except ApiError as err:
+            self._meter(ctx, reader)
+            if checked:
+                self.log.warning("model %s: request %s failed %s: %s", self.model.id, ctx.request_id,
+                                 "mid-reply" if emitted else "before any output", err.message)
+            if not emitted:
+                raise
+            yield Error(err)
+        finally:
+            # Also on cancellation (the client left): closing the response ends the upstream request.
+            await response.aclose()
+
+    @staticmethod
+    def _meter(ctx: CallContext, reader: Reader) -> None:
+        """Live usage: the upstream's numbers once it sent them, estimates until then."""
+        reported = reader.usage
+        ctx.usage.input_tokens = reported.get("input", ctx.usage.input_tokens)
+        ctx.usage.output_tokens = reported.get("output", reader.output_estimate)
+        ctx.usage.cached_tokens = reported.get("cached", ctx.usage.cached_tokens)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
