@@ -25,7 +25,13 @@ def build_engine(model: ModelConfig, settings: Settings) -> Engine:
         from longcat.engines.openai_compat import OpenAICompatEngine
 
         return OpenAICompatEngine(model)
-    raise ConfigError(f"model {model.id!r}: unknown engine {model.engine!r} (known: embedded, mock, openai_compat)")
+    if model.engine == "anthropic_compat":
+        from longcat.engines.anthropic_compat import AnthropicCompatEngine
+
+        return AnthropicCompatEngine(model)
+    raise ConfigError(
+        f"model {model.id!r}: unknown engine {model.engine!r} (known: embedded, mock, openai_compat, anthropic_compat)"
+    )
 
 
 class Catalog:
