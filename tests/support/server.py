@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +112,30 @@ class Server:
         if self.cli("keys", "list", email, check=False).returncode != 0:
             self.cli("users", "create", email)
         return self.cli("keys", "create", email, "--name", name).stdout.strip().splitlines()[-1]
+
+
+@contextmanager
+def scale_out_backend(label: str):
+    """A fresh PostgreSQL database and a private Redis key prefix, as `LONGCAT_*` variables for a
+    server; both are removed afterwards."""
+    import redis
+
+    name = f"lc_{label}_{uuid.uuid4().hex[:10]}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c"]
+    subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    env = {
+        "LONGCAT_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+        "LONGCAT_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "LONGCAT_REDIS_PREFIX": f"test:{name}:",
+    }
+    try:
+        yield env
+    finally:
+        subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True, check=False)
+        client = redis.Redis.from_url(env["LONGCAT_REDIS_URL"])
+        for key in client.scan_iter(env["LONGCAT_REDIS_PREFIX"] + "*"):
+            client.delete(key)
+        client.close()
 
 
 def write_config(path: Path, text: str) -> Path:
