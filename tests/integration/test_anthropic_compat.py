@@ -222,6 +222,7 @@ def front(upstream, fake, dropper, tmp_path_factory):
         model("ac-echo", "mock-echo", tokenize="anthropic"),
         model("ac-echo-estimated", "mock-echo"),
         model("ac-agent", "LongCat-2.0-Preview", tokenize="anthropic"),
+        model("ac-agent-cached", "LongCat-2.0-Preview", tokenize="anthropic", prompt_caching=True),
         model("ac-thinking", "mock-thinking", tokenize="anthropic"),
         model("ac-thinking-forgetful", "mock-thinking", thinking_cache_mb=0),
         model("ac-slow", "mock-slow"),
@@ -370,12 +371,12 @@ def test_tool_round_trip_with_both_sdks(claude, oai):
 
 def test_a_recorded_claude_code_session_through_the_front(front):
     """What Claude Code really sent (a huge system prompt, 24 tools, cache_control, adaptive thinking,
-    a system message mid-conversation), sent on to the upstream's Messages API."""
+    a system message mid-conversation), sent on to the upstream's Messages API with cache breakpoints."""
     records = [json.loads(line) for line in shared_file("fixtures", "clients", "claude-code.jsonl").read_text().splitlines() if line.strip()]
     for record in records[1:]:
         headers = {k: v for k, v in record["headers"].items()
                    if k.lower() not in {"authorization", "x-api-key", "host", "content-length", "connection", "accept-encoding"}}
-        r = httpx.post(front.base_url + record["path"], json={**record["body"], "model": "ac-agent"},
+        r = httpx.post(front.base_url + record["path"], json={**record["body"], "model": "ac-agent-cached"},
                        headers={**headers, "x-api-key": front.key}, timeout=30)
         assert r.status_code == 200, r.text
         summary = check_stream(parse_sse(r.text))

@@ -243,6 +243,24 @@ def test_extra_body_adds_defaults_the_request_overrides():
     assert body(options=opts)["top_k"] == 40
 
 
+def test_prompt_caching_marks_tools_system_and_the_end_of_the_conversation():
+    opts = Options(base_urls=["http://up"], upstream_model="m", prompt_caching=True)
+    store = ThinkingSignatures(1 << 20)
+    store.keep([{"type": "thinking", "thinking": "hmm", "signature": SIG}])
+    sent = body(user(TextBlock("q")), assistant(ToolUseBlock("t1", "Bash", "{}")),
+                user(ToolResultBlock("t1", [TextBlock("ok")]), TextBlock("go on")), assistant(ThinkingBlock("hmm")),
+                options=opts, system=[TextBlock("A"), TextBlock("B")], tools=TOOLS, signatures=store)
+    mark = {"type": "ephemeral"}
+    assert [t.get("cache_control") for t in sent["tools"]] == [None, mark]
+    assert [b.get("cache_control") for b in sent["system"]] == [None, mark]
+    assert sent["messages"][-1]["content"] == [{"type": "thinking", "thinking": "hmm", "signature": SIG}]  # cannot be marked
+    assert [b.get("cache_control") for b in sent["messages"][-2]["content"]] == [None, mark]  # the last block that can be
+    assert [b.get("cache_control") for b in sent["messages"][-3]["content"]] == [None]
+    sent = body(user(TextBlock("q")), user(ToolResultBlock("t1", [TextBlock("ok")])), options=opts)
+    assert [b.get("cache_control") for b in sent["messages"][-1]["content"]] == [None, mark]
+    assert "cache_control" not in json.dumps(body(system=[TextBlock("A")], tools=TOOLS))
+
+
 def test_count_body_is_the_prompt_only():
     request = req(system=[TextBlock("S")], tools=TOOLS, tool_choice=ToolChoice("tool", "Bash"), temperature=0.5, stop=["x"])
     assert set(count_body(request, OPTS, max_tokens=100)) == {"model", "system", "messages", "tools", "tool_choice"}
@@ -316,6 +334,7 @@ def test_signature_memory_is_bounded_and_least_recently_used_goes_first():
         ({"base_url": "http://a", "thinking_cache_mb": -1}, "'thinking_cache_mb'"),
         ({"base_url": "http://a", "anthropic_beta": "a\r\nX-Evil: 1"}, "'anthropic_beta'"),
         ({"base_url": "http://a", "anthropic_beta": [1]}, "'anthropic_beta'"),
+        ({"base_url": "http://a", "prompt_caching": "yes"}, "'prompt_caching'"),
         ({"base_url": "http://a", "api_key_env": "LONGCAT_TEST_UNSET_KEY"}, "not set"),
         ({"base_url": "http://a", "thinking_param": "thinking"}, "unknown option(s) thinking_param for engine 'anthropic_compat'"),
     ],

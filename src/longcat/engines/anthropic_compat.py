@@ -51,6 +51,11 @@ Options (keys of the `[[models]]` table):
   `temperature`, `top_k` and a `top_p` below 0.95 are not sent.
 - `thinking_budget`: the default budget above (at least 1024).
 - `thinking_cache_mb`: memory for the upstream's thinking signatures (default 64; 0 keeps none).
+- `prompt_caching` (default false): mark cache breakpoints (`cache_control: {"type":
+  "ephemeral"}`) on the last tool, the last system block and the last block of the conversation,
+  so the upstream caches the prompt prefix (what a client marked is not carried by the platform's
+  request model). Worth it for agents, whose every turn repeats a long prefix: Anthropic bills
+  cache reads at a tenth and cache writes at 1.25 times the input price.
 - `extra_body`: a table of fields added to every upstream request unless the request sets them
   (e.g. `{ metadata = { user_id = "longcat" } }`).
 
@@ -134,7 +139,7 @@ from longcat.engines.upstream import (
 
 log = logging.getLogger("longcat.engine.anthropic_compat")
 
-OPTION_KEYS = COMMON_OPTION_KEYS | {"anthropic_beta", "thinking_type", "thinking_budget", "thinking_cache_mb"}
+OPTION_KEYS = COMMON_OPTION_KEYS | {"anthropic_beta", "thinking_type", "thinking_budget", "thinking_cache_mb", "prompt_caching"}
 TOKENIZE_MODES = ("anthropic", "none")
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic's smallest thinking budget.
@@ -155,6 +160,7 @@ class Options(UpstreamOptions):
     thinking_type: str = "enabled"
     thinking_budget: int | None = None
     thinking_cache_mb: float = DEFAULT_THINKING_CACHE_MB
+    prompt_caching: bool = False
 
 
 def parse_options(model: ModelConfig, env: dict[str, str] | None = None) -> Options:
@@ -179,9 +185,12 @@ def parse_options(model: ModelConfig, env: dict[str, str] | None = None) -> Opti
     cache_mb = opts.get("thinking_cache_mb", DEFAULT_THINKING_CACHE_MB)
     if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or cache_mb < 0:
         raise ConfigError(f"{where}: 'thinking_cache_mb' must be a number of MiB, 0 or more")
+    caching = opts.get("prompt_caching", False)
+    if not isinstance(caching, bool):
+        raise ConfigError(f"{where}: 'prompt_caching' must be true or false")
 
     return Options(**common, anthropic_beta=beta, thinking_type=thinking_type, thinking_budget=budget,
-                   thinking_cache_mb=float(cache_mb))
+                   thinking_cache_mb=float(cache_mb), prompt_caching=caching)
 
 
 # ============================================================================ thinking signatures
@@ -304,8 +313,30 @@ def messages_body(
     fmt = request.response_format
     if fmt.type == "json_schema":
         body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema or {"type": "object"}}}
+    if options.prompt_caching:
+        _mark_cache_breakpoints(body)
     body["stream"] = True
     return merge_extra_body(body, options.extra_body)
+
+
+CACHE_BREAKPOINT = {"type": "ephemeral"}
+
+
+def _mark_cache_breakpoints(body: dict[str, Any]) -> None:
+    """At most three of Anthropic's four breakpoints: tools, system, the conversation so far.
+
+    The upstream reads the longest cached prefix before a breakpoint, so marking the end of the
+    conversation each turn finds the previous turn's entry. Thinking blocks cannot be marked."""
+    if body.get("tools"):
+        body["tools"][-1] = {**body["tools"][-1], "cache_control": CACHE_BREAKPOINT}
+    if body.get("system"):
+        body["system"][-1] = {**body["system"][-1], "cache_control": CACHE_BREAKPOINT}
+    for message in reversed(body["messages"]):
+        content = message["content"]
+        for i in range(len(content) - 1, -1, -1):
+            if content[i]["type"] not in ("thinking", "redacted_thinking"):
+                content[i] = {**content[i], "cache_control": CACHE_BREAKPOINT}
+                return
 
 
 def count_body(request: ChatRequest, options: Options, *, max_tokens: int,
@@ -896,6 +927,7 @@ class AnthropicCompatEngine(UpstreamEngine):
                 if opts.thinking_cache_mb > 0 else "not kept: replayed thinking is not sent upstream"
             ),
             "anthropic_beta": opts.anthropic_beta,
+            "prompt_caching": opts.prompt_caching,
             "context_window": self.model.context_window,
             "max_output": self.model.max_output,
             "native_tool_calls": True,
