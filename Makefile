@@ -38,9 +38,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(VENV)/.installed $@
 
-$(AGENTS)/node_modules/.installed: $(AGENTS)/package.json $(AGENTS)/package-lock.json
+# OpenClaw needs Node >= 24: it lives in $(AGENTS)/openclaw, installed by the postinstall of
+# $(AGENTS) with that package's node@24 first on PATH.
+$(AGENTS)/node_modules/.installed: $(AGENTS)/package.json $(AGENTS)/package-lock.json \
+		$(AGENTS)/openclaw/package.json $(AGENTS)/openclaw/package-lock.json
 	cd $(AGENTS) && npm install --no-audit --no-fund
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(AGENTS)/node_modules .pytest_cache
+	rm -rf $(VENV) $(AGENTS)/node_modules $(AGENTS)/openclaw/node_modules .pytest_cache

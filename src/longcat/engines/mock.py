@@ -88,15 +88,7 @@ class MockEngine(Engine):
     def _step(self, request: ChatRequest) -> dict[str, Any] | None:
         if not self.script:
             return None
-        turns = 0
-        for message in reversed(request.messages):
-            if message.role == "assistant":
-                turns += 1
-            elif message.role == "user" and any(
-                not isinstance(b, ToolResultBlock) for b in message.content
-            ):
-                break
-        return self.script[min(turns, len(self.script) - 1)]
+        return self.script[min(model_turns(request), len(self.script) - 1)]
 
     async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[Event]:
         ctx.usage.input_tokens = ctx.prompt_tokens if ctx.prompt_tokens is not None else count_prompt_tokens(request)
@@ -177,6 +169,28 @@ class MockEngine(Engine):
 
 class _Fail(Exception):
     pass
+
+
+def model_turns(request: ChatRequest) -> int:
+    """How many times the model has answered since the user last asked something.
+
+    Tool results do not end a turn, and neither does text a client adds right after them (some
+    agents append context, e.g. the state of their sessions, after each tool result)."""
+    messages = request.messages
+    turns = 0
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if message.role == "assistant":
+            turns += 1
+        elif message.role == "user" and not _has_tool_result(message):
+            follows_results = i > 0 and messages[i - 1].role == "user" and _has_tool_result(messages[i - 1])
+            if not follows_results:
+                break
+    return turns
+
+
+def _has_tool_result(message) -> bool:
+    return any(isinstance(b, ToolResultBlock) for b in message.content)
 
 
 def _scripted_calls(step: dict[str, Any] | None) -> list[tuple[str, str]]:
