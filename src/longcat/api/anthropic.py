@@ -193,12 +193,9 @@ async def get_model(request: Request) -> Response:
     gateway = _gateway(request)
     try:
         await gateway.authenticate(request.headers)
-        model_id = request.path_params["model_id"]
-        if model_id not in gateway.catalog.models:
-            raise ApiError("not_found", "model_not_found", f"The model {model_id!r} does not exist.", param="model")
+        model, engine = gateway.catalog.lookup(request.path_params["model_id"])
     except ApiError as err:
         return anthropic_error(err)
-    model, engine = gateway.catalog.route(model_id)
     detail = model_detail(model, engine)
     extra = {k: v for k, v in detail.items() if k not in ("id", "object", "created", "name")}
     return JSONBody({**model_info(model), **extra})

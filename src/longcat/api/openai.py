@@ -84,12 +84,9 @@ async def get_model(request: Request) -> Response:
     gateway = _gateway(request)
     try:
         await gateway.authenticate(request.headers)
-        model_id = request.path_params["model_id"]
-        if model_id not in gateway.catalog.models:
-            raise ApiError("not_found", "model_not_found", f"The model {model_id!r} does not exist.", param="model")
+        model, engine = gateway.catalog.lookup(request.path_params["model_id"])
     except ApiError as err:
         return openai_error(err)
-    model, engine = gateway.catalog.route(model_id)
     return JSONBody(model_detail(model, engine))
 
 

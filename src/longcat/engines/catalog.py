@@ -56,3 +56,9 @@ class Catalog:
                 param="model",
             )
         return self.models[model_id], engine
+
+    def lookup(self, model_id: str) -> tuple[ModelConfig, Engine]:
+        """For the model routes: an unknown id is a 404 there (a 400 in a generation request)."""
+        if model_id not in self.models:
+            raise ApiError("not_found", "model_not_found", f"The model {model_id!r} does not exist.", param="model")
+        return self.models[model_id], self.engines[model_id]
