@@ -275,7 +275,10 @@ async def bootstrap(store: AccountStore) -> tuple[str, str] | None:
     if await store.count_accounts():
         return None
     password = new_password()
-    account = await store.create_account(ADMIN_EMAIL, password, is_admin=True)
+    try:
+        account = await store.create_account(ADMIN_EMAIL, password, is_admin=True)
+    except StoreError:
+        return None  # another replica starting at the same moment made it first
     _key, secret = await store.create_key(account.id, "default")
     return password, secret
 

@@ -156,3 +156,39 @@ def test_shutdown_ends_requests_in_flight_properly_and_settles_them(tmp_path):
         assert billed == (inp + out if stream else 0)
         assert 0 < out < 200
     assert db.execute("select sum(used) from quota_days").fetchone()[0] == sum(r[4] for r in rows)
+
+
+def test_shutdown_also_ends_requests_still_being_admitted(tmp_path):
+    catalog = CONFIG + """
+[[models]]
+id = "mock-slow-count"
+engine = "mock"
+context_window = 100000
+max_output = 100000
+count_delay = 2.5
+"""
+    config = write_config(tmp_path / "config.toml", "shutdown_grace = 1\n" + catalog)
+    server = Server(tmp_path / "data", config, free_port()).start()
+    key = server.new_key("admitting@example.com")
+    replies = []
+
+    def send() -> None:
+        replies.append(
+            httpx.post(
+                server.base_url + "/openai/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "mock-slow-count", "messages": [{"role": "user", "content": "hello"}], "stream": True},
+                timeout=30,
+            )
+        )
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(0.3)
+    # The grace period (1 s) ends while the request is still being counted (2.5 s).
+    assert server.stop(signal.SIGTERM) == 0
+    t.join(15)
+    assert replies and replies[0].status_code == 503 and replies[0].json()["error"]["code"] == "overloaded"
+    db = sqlite3.connect(server.data_dir / "longcat.db")
+    assert db.execute("select status, billed_tokens from usage_records").fetchall() == [("shutdown", 0)]
+

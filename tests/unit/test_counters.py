@@ -193,6 +193,10 @@ def test_redis_leases_of_a_dead_holder_expire_and_live_ones_are_renewed():
             assert await c.acquire([], [Slots("s", 1)], "a", now, 60) == 0
             # "a" is alive and renews its leases: at now+61 they still hold.
             await c.renew(["s"], "q", "a", now + 50, 60)
+            # ...and the set holding the slot lease lives as long as its newest lease.
+            await c.redis.expire(c.prefix + "s", 5)
+            await c.renew(["s"], None, "a", now + 50, 60)
+            assert await c.redis.ttl(c.prefix + "s") >= 59
             assert not (await c.quota_reserve("q", seed, 100, 10, 90, "b", now + 61, 60)).ok
             assert await c.acquire([], [Slots("s", 1)], "b", now + 61, 60) == 1
             # Then "a" dies without settling: after its lease the tokens and the slot are free.

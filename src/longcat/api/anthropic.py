@@ -192,11 +192,11 @@ def _page(items: list[dict[str, Any]], query: Any) -> dict[str, Any]:
 async def get_model(request: Request) -> Response:
     gateway = _gateway(request)
     try:
-        await gateway.authenticate(request.headers)
+        owner = await gateway.authenticate(request.headers)
         model, engine = gateway.catalog.lookup(request.path_params["model_id"])
     except ApiError as err:
         return anthropic_error(err)
-    detail = model_detail(model, engine)
+    detail = model_detail(model, engine, operator=owner.is_admin)
     extra = {k: v for k, v in detail.items() if k not in ("id", "object", "created", "name")}
     return JSONBody({**model_info(model), **extra})
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -44,11 +44,15 @@ async def read_body(request: Request) -> bytes:
         raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left mid-upload: answered like any bad request (to nobody), not as a crash.
+        raise ApiError("invalid_request", "invalid_json", "The client disconnected before the request body was complete.") from None
     return b"".join(chunks)
 
 
@@ -56,32 +60,54 @@ class Disconnected(Exception):
     """The client closed the connection while we were working for it."""
 
 
+class _Watch:
+    """What `cancel_on_disconnect` yields: whether the client has gone."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    def check(self) -> None:
+        """Raise `Disconnected` if the client has gone (for code between two awaits)."""
+        if self.gone.is_set():
+            raise Disconnected
+
+
 @asynccontextmanager
-async def cancel_on_disconnect(receive: Receive) -> AsyncIterator[None]:
+async def cancel_on_disconnect(receive: Receive) -> AsyncIterator[_Watch]:
     """Run the body of the `async with`; if the client disconnects meanwhile, cancel it and
-    raise `Disconnected` instead. The request body must already have been read."""
+    raise `Disconnected` instead. The request body must already have been read.
+
+    One `cancel()` is not always enough: a library awaiting with `asyncio.wait_for` can swallow a
+    cancellation that arrives just as its own wait ends (Python 3.11). So the watcher cancels
+    again until the body has really stopped."""
     task = asyncio.current_task()
     assert task is not None
-    gone = asyncio.Event()
+    watch = _Watch()
+    stopped = False
 
-    async def watch() -> None:
+    async def watcher() -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                gone.set()
-                task.cancel()
-                return
+                break
+        watch.gone.set()
+        while not stopped:
+            task.cancel()
+            await asyncio.sleep(0.05)
 
-    watcher = asyncio.create_task(watch())
+    watching = asyncio.create_task(watcher())
     try:
-        yield
+        yield watch
     except asyncio.CancelledError:
-        if not gone.is_set():
+        if not watch.gone.is_set():
             raise
-        task.uncancel()
+        stopped = True
+        while task.cancelling():
+            task.uncancel()
         raise Disconnected from None
     finally:
-        watcher.cancel()
+        stopped = True
+        watching.cancel()
 
 
 class EventStream:
@@ -104,12 +130,13 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with cancel_on_disconnect(receive):
+            async with cancel_on_disconnect(receive) as watch:
                 try:
                     first = await anext(self.frames, None)
                 except ApiError as err:
                     await self.on_error(err)(scope, receive, send)
                     return
+                watch.check()
                 headers = [
                     (b"content-type", b"text/event-stream; charset=utf-8"),
                     (b"cache-control", b"no-cache"),
@@ -119,6 +146,7 @@ class EventStream:
                 if first is not None:
                     await send({"type": "http.response.body", "body": first, "more_body": True})
                 async for frame in self.frames:
+                    watch.check()
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (Disconnected, OSError):

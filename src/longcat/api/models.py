@@ -27,8 +27,14 @@ def model_summary(model: ModelConfig) -> dict[str, Any]:
     return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by}
 
 
-def model_detail(model: ModelConfig, engine: Engine) -> dict[str, Any]:
+# Where an upstream lives is the operator's business: only admins' keys see it.
+INTERNAL_FIELDS = ("upstream", "base_url", "base_urls")
+
+
+def model_detail(model: ModelConfig, engine: Engine, *, operator: bool = False) -> dict[str, Any]:
     described = engine.describe()
+    if not operator:
+        described = {k: v for k, v in described.items() if k not in INTERNAL_FIELDS}
     inputs = ["text", "image"] if model.vision else ["text"]
     return {
         **model_summary(model),

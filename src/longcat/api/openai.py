@@ -83,11 +83,11 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     gateway = _gateway(request)
     try:
-        await gateway.authenticate(request.headers)
+        owner = await gateway.authenticate(request.headers)
         model, engine = gateway.catalog.lookup(request.path_params["model_id"])
     except ApiError as err:
         return openai_error(err)
-    return JSONBody(model_detail(model, engine))
+    return JSONBody(model_detail(model, engine, operator=owner.is_admin))
 
 
 def routes() -> list[Route]:

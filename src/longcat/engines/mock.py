@@ -13,9 +13,10 @@ only when the request offers tools):
       { text = "The command printed hi." },
     ]
 
-Options: `token_delay` (seconds between tokens), `first_token_delay`, `thinking` (reasoning text
-sent before each reply unless the request turns thinking off), `fail_after_tokens` (fail the
-stream on purpose), and `context_window` / `max_output` as for any model.
+Options: `token_delay` (seconds between tokens), `first_token_delay`, `count_delay` (seconds
+counting a prompt takes), `thinking` (reasoning text sent before each reply unless the request
+turns thinking off), `fail_after_tokens` (fail the stream on purpose), and `context_window` /
+`max_output` as for any model.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class MockEngine(Engine):
         self.first_token_delay = float(opts.get("first_token_delay", 0.0))
         self.thinking = opts.get("thinking")
         self.fail_after = opts.get("fail_after_tokens")
+        self.count_delay = float(opts.get("count_delay", 0.0))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,8 @@ class MockEngine(Engine):
         }
 
     async def count_tokens(self, request: ChatRequest) -> int:
+        if self.count_delay:
+            await asyncio.sleep(self.count_delay)  # a slow tokenizer, for tests of admission
         return count_prompt_tokens(request)
 
     def _step(self, request: ChatRequest) -> dict[str, Any] | None:

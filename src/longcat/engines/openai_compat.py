@@ -20,8 +20,9 @@ Options (keys of the `[[models]]` table):
 
 - `base_url` (e.g. "http://10.0.0.5:8000/v1"), or `base_urls` = [...] for several replicas of one
   model: requests go round-robin, and a replica that cannot be connected to (refused, connect
-  timeout, dropped before any byte of the reply) is skipped for a few seconds while the request
-  moves on to the next one. Nothing is retried once the upstream has started answering.
+  timeout) is skipped for a few seconds while the request moves on to the next one. A request a
+  replica took and then dropped is not sent again (it may be generating): it fails with a 502
+  and the replica is set aside for a few seconds.
 - `upstream_model`: the model name sent upstream; default the catalog `id`.
 - `api_key`, or `api_key_env` (the name of an environment variable holding it): sent as
   `Authorization: Bearer …`. Never logged, never shown.

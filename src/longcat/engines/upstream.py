@@ -18,7 +18,6 @@ import os
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -527,29 +526,30 @@ class UpstreamEngine(Engine):
     async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> httpx.Response:
         """Send to the first replica that answers; a streamed response the caller must close.
 
-        Only failures before any byte of the reply move on to the next replica."""
+        Only failures that prove the request was not taken move on to the next replica."""
         if self._client is None:
             raise RuntimeError("the engine was not started")
         tried = 0
-        order = self._replica_order()
-        # A kept-alive connection the server had just closed fails before any byte too: that
-        # is worth one more try on a fresh connection to the same replica.
-        attempts = deque((i, False) for i in order)
-        while attempts:
-            i, retry = attempts.popleft()
+        # Only failures that prove the request was not taken (no connection, or the body never
+        # got through) move on: after that, the replica may already be generating, and sending
+        # the request again would run it twice.
+        for i in self._replica_order():
             base = self.options.base_urls[i]
             request = self._client.build_request(method, self.url(base, path, root), json=body)
             try:
                 response = await self._client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                if not retry and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-                    attempts.appendleft((i, True))
-                    continue
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError) as exc:
                 tried += 1
                 self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
                 self.log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), type(exc).__name__,
                                  "; trying the next replica" if tried < len(self.options.base_urls) else "")
                 continue
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
+                self.log.warning("model %s: upstream %s dropped the request (%s)", self.model.id, safe_url(base), type(exc).__name__)
+                raise ApiError(
+                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} dropped the request; please retry."
+                ) from None
             except httpx.PoolTimeout:
                 raise ApiError(
                     "overloaded",

@@ -317,9 +317,13 @@ return {1, tonumber(redis.call('HGET', q, 'used')), tonumber(redis.call('HGET', 
 
 
 _RENEW = """
-local lease, expires = ARGV[1], tonumber(ARGV[2])
+local lease, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, #KEYS do
-  if redis.call('ZSCORE', KEYS[i], lease) then redis.call('ZADD', KEYS[i], 'XX', expires, lease) end
+  if redis.call('ZSCORE', KEYS[i], lease) then
+    redis.call('ZADD', KEYS[i], 'XX', expires, lease)
+    -- The set itself must outlive its newest lease, or Redis drops it with every lease inside.
+    if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], math.ceil(ttl) + 1) end
+  end
 end
 return 1
 """
@@ -399,7 +403,7 @@ class RedisCounters:
         if quota_key is not None:
             keys.append(self._qkeys(quota_key)[2])
         if keys:
-            await self._renew(keys=keys, args=[lease, repr(now + ttl)])
+            await self._renew(keys=keys, args=[lease, repr(now + ttl), repr(ttl)])
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -104,15 +104,19 @@ class RateLimiter:
         if wait > 0:
             raise rate_limited(wait)
 
-    async def acquire(self, owner: KeyOwner, lease: str, prompt_tokens: int, now: float) -> Permit:
+    def permit(self, owner: KeyOwner, lease: str) -> Permit:
+        """The permit a request will hold, before anything is taken: so that whatever happens
+        while taking it (a refusal, a cancellation), it can be given back by its lease."""
         key, account = self.limits_for(owner)
-        permit = Permit(lease, key, account, owner.key_id, owner.account_id)
+        return Permit(lease, key, account, owner.key_id, owner.account_id)
+
+    async def take(self, permit: Permit, prompt_tokens: int, now: float) -> None:
+        """All of the permit's limits at once, or a 429 having taken nothing."""
         wait = await self.counters.acquire(
-            self._buckets(permit, 1, prompt_tokens), self._slots(permit), lease, now, self.settings.lease_seconds
+            self._buckets(permit, 1, prompt_tokens), self._slots(permit), permit.lease, now, self.settings.lease_seconds
         )
         if wait > 0:
             raise rate_limited(wait)
-        return permit
 
     def slot_keys(self, permit: Permit) -> list[str]:
         return [s.key for s in self._slots(permit)]

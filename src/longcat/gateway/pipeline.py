@@ -46,7 +46,12 @@ class Call:
     reservation: Reservation | None = None
     settled: bool = False
     task: asyncio.Task | None = None
+    awaiting: bool = False  # the task is waiting for the engine's next event
     draining: bool = False
+
+
+class _ShuttingDown(Exception):
+    """Raised inside `events` when the shutdown's grace period is over."""
 
 
 def new_request_id() -> str:
@@ -76,7 +81,8 @@ class Gateway:
         self._active: dict[str, Call] = {}  # admitted requests holding a permit, not yet settled
         self._heartbeat: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._draining = False
+        self._draining = False  # a shutdown was asked for
+        self._ending = False  # its grace period is over: requests still running are ended
         self._drainer: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -151,20 +157,42 @@ class Gateway:
         return Call(owner, model, engine, request, ctx, endpoint, time.perf_counter())
 
     async def _acquire(self, call: Call) -> None:
-        """Rate limits, then the quota. Raises 429 / 403 `ApiError`s; holds nothing if it does."""
+        """Rate limits, then the quota. Raises 429 / 403 `ApiError`s, holding nothing if it does.
+
+        The permit and reservation are named before anything is taken, so that whatever stops
+        this half-way (a refusal, or a cancellation arriving after a counter already took its
+        share) gives back, by lease, all that might be held: giving back what was never taken is
+        harmless."""
         now = self.clock.now()
         prompt = call.ctx.prompt_tokens or 0
-        call.permit = await self.limiter.acquire(call.owner, call.ctx.request_id, prompt, now)
-        self._active[call.ctx.request_id] = call
+        rid = call.ctx.request_id
+        call.permit = self.limiter.permit(call.owner, rid)
+        call.reservation = self.quota.pending(call.owner, rid, now)
+        self._active[rid] = call
         try:
-            call.reservation = await self.quota.reserve(call.owner, call.ctx.request_id, prompt, call.request.max_tokens or 1, now)
+            await self.limiter.take(call.permit, prompt, now)
+            await self.quota.reserve(call.reservation, prompt, call.request.max_tokens or 1, now)
         except BaseException:
-            await self.limiter.release(call.permit, 0, now)
-            call.permit = None
-            self._active.pop(call.ctx.request_id, None)
+            self._active.pop(rid, None)
+            self._in_background(self._give_back(call.permit, call.reservation, now))
+            call.permit = call.reservation = None
             raise
         # The output budget never exceeds what the quota can still pay for.
         call.request.max_tokens = call.reservation.out_budget
+
+    async def _give_back(self, permit: Permit, reservation: Reservation, now: float) -> None:
+        try:
+            await self.quota.settle(reservation, 0)
+            await self.limiter.release(permit, 0, now)
+        except Exception:
+            log.exception("giving back the limits of %s failed", permit.lease)
+
+    def _in_background(self, coro) -> asyncio.Task:
+        """Run `coro` to the end even if the request that started it is cancelled."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def events(self, call: Call) -> AsyncIterator[Event]:
         """The engine's events, metered. An `ApiError` before the first event propagates (a
@@ -175,12 +203,17 @@ class Gateway:
         stream = call.engine.stream(call.request, call.ctx)
         try:
             while True:
-                # The task waiting on the engine: what a shutdown interrupts (see `_drain`).
+                if self._ending:
+                    raise _ShuttingDown
+                # While the engine is awaited, a shutdown may interrupt it (see `_drain`).
                 call.task = asyncio.current_task()
+                call.awaiting = True
                 try:
                     event = await anext(stream)
                 except StopAsyncIteration:
                     break
+                finally:
+                    call.awaiting = False
                 if isinstance(event, Finish):
                     outcome = "length" if event.reason == "length" else "ok"
                     # Commit the usage before the client learns the response is complete.
@@ -191,13 +224,16 @@ class Gateway:
                     await self._settle(call, outcome, delivered=delivered and call.request.stream, durable=True)
                 yield event
                 delivered = True
-        except asyncio.CancelledError:
-            if not call.draining:
+        except (asyncio.CancelledError, _ShuttingDown) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not call.draining:
                 outcome = "client_closed"
                 raise
+            if isinstance(exc, asyncio.CancelledError):
+                task = asyncio.current_task()
+                while task is not None and task.cancelling():
+                    task.uncancel()
             # The server is stopping and this request outlived the grace period: end it properly,
             # with the format's error, instead of cutting the connection.
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
             outcome = "shutdown"
             err = ApiError("overloaded", "overloaded", "The server is shutting down; please retry the request.", headers={"Retry-After": "1"})
             await self._settle(call, outcome, delivered=delivered and call.request.stream, durable=True)
@@ -224,10 +260,7 @@ class Gateway:
             if not call.settled:
                 # We may be inside a cancellation: settle on a task of its own.
                 # A non-streaming client receives nothing until the end, so nothing was delivered.
-                settle = self._settle(call, outcome, delivered=delivered and call.request.stream, durable=False)
-                task = asyncio.get_running_loop().create_task(settle)
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._in_background(self._settle(call, outcome, delivered=delivered and call.request.stream, durable=False))
 
     def request_shutdown(self, grace: float) -> None:
         """Called from a signal handler: in `grace` seconds, end the requests still running."""
@@ -239,19 +272,32 @@ class Gateway:
         self._drainer = asyncio.get_running_loop().create_task(self._drain(grace), name="drain")
 
     async def _drain(self, grace: float) -> None:
+        """After the grace period: requests end at their next event, and those waiting on their
+        engine are interrupted there, until none is left."""
         await asyncio.sleep(grace)
-        for call in list(self._active.values()):
-            if call.task is not None and not call.task.done():
-                call.draining = True
-                call.task.cancel()
+        self._ending = True
+        while self._active:
+            for call in list(self._active.values()):
+                if call.awaiting and call.task is not None and not call.task.done():
+                    call.draining = True
+                    call.task.cancel()
+            await asyncio.sleep(0.1)
 
     async def _settle(self, call: Call, outcome: str, *, delivered: bool, durable: bool) -> None:
-        """Bill the quota, charge the limiter, write the record; `durable` waits for the disk."""
+        """Bill the quota, charge the limiter, write the record; `durable` waits for the disk.
+
+        Runs once per request. The booking itself runs on a task of its own, so that a
+        cancellation of the request (the client leaving, a shutdown) cannot stop it half-way."""
         if call.settled:
             return
         call.settled = True
+        self._active.pop(call.ctx.request_id, None)
         now = self.clock.now()
         billed = billed_tokens(call.ctx, outcome, delivered)
+        if call.reservation is not None:
+            # Never more output than the request allowed: an engine that ignores max_tokens is
+            # the engine's fault, not the client's.
+            billed = min(billed, call.ctx.usage.input_tokens + call.reservation.out_budget)
         record = make_record(
             ctx=call.ctx,
             account_id=call.owner.account_id,
@@ -266,13 +312,6 @@ class Gateway:
             now=now,
             base_quota=call.reservation.base if call.reservation else self.quota.base_for(call.owner.daily_quota),
         )
-        try:
-            if call.reservation is not None:
-                await self.quota.settle(call.reservation, billed)
-            if call.permit is not None:
-                await self.limiter.release(call.permit, call.ctx.usage.output_tokens, now)
-        except Exception:
-            log.exception("settling counters for %s failed", call.ctx.request_id)
         usage_log.info(
             "usage request=%s account=%d key=%d model=%s endpoint=%s stream=%s in=%d out=%d cached=%d billed=%d outcome=%s ms=%d",
             record.request_id,
@@ -288,8 +327,20 @@ class Gateway:
             record.status,
             record.latency_ms,
         )
-        self._active.pop(call.ctx.request_id, None)
+        booking = self._in_background(self._book(call, record, now, durable))
         if durable:
-            await self.writer.commit(record)
-        else:
-            self.writer.submit(record)
+            await asyncio.shield(booking)
+
+    async def _book(self, call: Call, record, now: float, durable: bool) -> None:
+        try:
+            if call.reservation is not None:
+                await self.quota.settle(call.reservation, record.billed_tokens)
+            if call.permit is not None:
+                await self.limiter.release(call.permit, call.ctx.usage.output_tokens, now)
+        except Exception:
+            log.exception("settling counters for %s failed", call.ctx.request_id)
+        finally:
+            if durable:
+                await self.writer.commit(record)
+            else:
+                self.writer.submit(record)

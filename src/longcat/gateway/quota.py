@@ -68,22 +68,28 @@ class QuotaKeeper:
 
         return load
 
-    async def reserve(self, owner: KeyOwner, lease: str, prompt_tokens: int, max_tokens: int, now: float) -> Reservation:
+    def pending(self, owner: KeyOwner, lease: str, now: float) -> Reservation:
+        """The reservation a request will hold, before anything is reserved (see `reserve`)."""
         day = beijing_day(now)
-        base = self.base_for(owner.daily_quota)
+        return Reservation(owner.account_id, day, lease, self.base_for(owner.daily_quota), 0)
+
+    async def reserve(self, reservation: Reservation, prompt_tokens: int, max_tokens: int, now: float) -> None:
+        """Reserve the prompt and an output budget (set on `reservation`), or raise a 403
+        having reserved nothing."""
+        r = reservation
         result = await self.counters.quota_reserve(
-            self._key(owner.account_id, day),
-            self._seed(owner.account_id, day),
-            base,
+            self._key(r.account_id, r.day),
+            self._seed(r.account_id, r.day),
+            r.base,
             prompt_tokens,
             max_tokens,
-            lease,
+            r.lease,
             now,
             self.settings.lease_seconds,
         )
         if not result.ok:
-            raise self._exhausted(base, result.state, prompt_tokens, now)
-        return Reservation(owner.account_id, day, lease, base, result.out_budget)
+            raise self._exhausted(r.base, result.state, prompt_tokens, now)
+        r.out_budget = result.out_budget
 
     def _exhausted(self, base: int, state: QuotaState, prompt_tokens: int, now: float) -> ApiError:
         allowance = base + state.granted
