@@ -171,6 +171,21 @@ def test_a_feedback_refresh_on_one_replica_counts_on_the_other(replicas):
         assert chat(a, key, " ".join(["w"] * 50)).status_code == 200
 
 
+def test_the_same_feedback_sent_to_two_replicas_at_once_counts_once(replicas):
+    a, b = replicas
+    _, key = new_account(a)
+
+    async def both() -> list[dict]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            body = {"rating": 4, "category": "quality", "text": "Identical words sent twice at once."}
+            replies = await asyncio.gather(*(client.post(s.base_url + "/api/v1/feedback", json=body) for s in (a, b, a, b)))
+            return [r.json() for r in replies]
+
+    results = asyncio.run(both())
+    assert sum(r["valid"] for r in results) == 1
+    assert all("repeats" in r["reason"] for r in results if not r["valid"])
+
+
 def test_a_long_request_keeps_its_leases(tmp_path):
     """Leases only expire for a dead replica: a live request renews them, however long it runs."""
     env = {

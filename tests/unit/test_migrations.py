@@ -61,3 +61,37 @@ def test_postgres_replicas_starting_together_migrate_once():
         assert set(metadata.tables) <= asyncio.run(tables(url))
     finally:
         subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
+
+
+def test_step_2_claims_the_first_valid_copy_of_each_feedback_text(tmp_path):
+    """An existing database at version 1 (no counted_hash) is brought up to date, keeping the
+    first valid submission of a text as its claim."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+
+    async def main():
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            async with engine.begin() as conn:
+                # Back to version 1's shape, with a repeat that two replicas both accepted.
+                await conn.exec_driver_sql("DROP INDEX ux_feedback_counted")
+                await conn.exec_driver_sql("ALTER TABLE feedback DROP COLUMN counted_hash")
+                await conn.exec_driver_sql("DELETE FROM schema_version WHERE version > 1")
+                await conn.exec_driver_sql(
+                    "INSERT INTO accounts (email, is_admin, disabled, created_at) VALUES ('a@example.com', 0, 0, 0)"
+                )
+                for valid in (1, 1, 0):
+                    await conn.exec_driver_sql(
+                        "INSERT INTO feedback (account_id, rating, category, text, text_hash, valid, refreshed, granted, day, created_at)"
+                        f" VALUES (1, 5, 'other', 'same words', 'h1', {valid}, 0, 0, '2026-11-25', 0)"
+                    )
+            applied = await migrate(engine)
+            async with engine.connect() as conn:
+                rows = (await conn.exec_driver_sql("SELECT id, counted_hash FROM feedback ORDER BY id")).all()
+            return applied, rows
+        finally:
+            await engine.dispose()
+
+    applied, rows = asyncio.run(main())
+    assert applied == [2]
+    assert [tuple(r) for r in rows] == [(1, "h1"), (2, None), (3, None)]

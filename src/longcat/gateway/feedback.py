@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from longcat.canonical import invalid
 from longcat.config import Settings
@@ -26,6 +27,7 @@ from longcat.protocols.fields import get_int, get_str
 from longcat.store.accounts import KeyOwner
 from longcat.store.schema import feedback as feedback_table
 
+REPEAT = "This repeats feedback you sent before; only new feedback counts for a quota refresh."
 CATEGORIES = ("quality", "accuracy", "speed", "formatting", "tool_use", "safety", "other")
 MIN_TEXT = 10
 MAX_TEXT = 5000
@@ -82,6 +84,34 @@ class FeedbackDesk:
         day = beijing_day(now)
         digest = text_hash(sub.text)
         reason = await self._invalid_reason(owner.account_id, sub.text, digest, day)
+        row = {
+            "account_id": owner.account_id,
+            "key_id": owner.key_id,
+            "request_id": sub.request_id,
+            "rating": sub.rating,
+            "category": sub.category,
+            "text": sub.text,
+            "text_hash": digest,
+            "refreshed": False,
+            "granted": 0,
+            "day": day,
+            "created_at": now,
+        }
+        feedback_id = None
+        if reason is None:
+            # Claim the text first: the unique index refuses a repeat made at the same moment
+            # on another replica, which the check above cannot see.
+            try:
+                async with self.engine.begin() as conn:
+                    result = await conn.execute(feedback_table.insert().values(**row, valid=True, counted_hash=digest))
+                    feedback_id = result.inserted_primary_key[0]
+            except IntegrityError:
+                reason = REPEAT
+        if reason is not None:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(feedback_table.insert().values(**row, valid=False, counted_hash=None))
+                feedback_id = result.inserted_primary_key[0]
+
         granted = 0
         lucky = False
         status: QuotaStatus | None = None
@@ -89,26 +119,15 @@ class FeedbackDesk:
             lucky = self.rng.random() < self.settings.feedback_refresh_probability
             if lucky:
                 granted, status = await self.quota.refresh(owner.account_id, owner.daily_quota, now, note=f"feedback {digest[:12]}")
+                if granted:
+                    async with self.engine.begin() as conn:
+                        await conn.execute(
+                            update(feedback_table)
+                            .where(feedback_table.c.id == feedback_id)
+                            .values(refreshed=True, granted=granted)
+                        )
         if status is None:
             status = await self.quota.status(owner.account_id, owner.daily_quota, now)
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                feedback_table.insert().values(
-                    account_id=owner.account_id,
-                    key_id=owner.key_id,
-                    request_id=sub.request_id,
-                    rating=sub.rating,
-                    category=sub.category,
-                    text=sub.text,
-                    text_hash=digest,
-                    valid=reason is None,
-                    refreshed=granted > 0,
-                    granted=granted,
-                    day=day,
-                    created_at=now,
-                )
-            )
-            feedback_id = result.inserted_primary_key[0]
         return {
             "id": feedback_id,
             "valid": reason is None,
@@ -142,7 +161,7 @@ class FeedbackDesk:
                 )
             ).scalar_one()
         if repeats:
-            return "This repeats feedback you sent before; only new feedback counts for a quota refresh."
+            return REPEAT
         if today >= self.settings.feedback_daily_limit:
             return f"You have sent {today} valid feedback submissions today, the most that count for refreshes."
         return None

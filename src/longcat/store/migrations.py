@@ -6,14 +6,15 @@ that start together take turns; SQLite serialises writers by itself.
 
 To change the schema: edit `schema.py` for new databases, and append a step here that brings an
 existing database to the same shape (e.g. `ALTER TABLE … ADD COLUMN …`). Never edit a step that
-has shipped.
+has shipped. Step 1 creates every table as `schema.py` has it *now*, so a new database already
+has what later steps add: each step checks before it changes anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, select
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from longcat.store.schema import metadata
@@ -35,8 +36,22 @@ def _initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _feedback_counted_hash(conn: Connection) -> None:
+    """A unique (account, hash) over valid feedback, so repeats are refused across replicas."""
+    if "counted_hash" not in {c["name"] for c in inspect(conn).get_columns("feedback")}:
+        conn.exec_driver_sql("ALTER TABLE feedback ADD COLUMN counted_hash VARCHAR(64)")
+        # The first valid submission of each text keeps the claim.
+        conn.exec_driver_sql(
+            "UPDATE feedback SET counted_hash = text_hash WHERE id IN "
+            "(SELECT MIN(id) FROM feedback WHERE valid GROUP BY account_id, text_hash)"
+        )
+    if "ux_feedback_counted" not in {i["name"] for i in inspect(conn).get_indexes("feedback")}:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX ux_feedback_counted ON feedback (account_id, counted_hash)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, keys, usage, quotas, ledger, feedback, stored responses", _initial),
+    (2, "feedback: unique claim on each valid text", _feedback_counted_hash),
 ]
 
 LATEST = MIGRATIONS[-1][0]

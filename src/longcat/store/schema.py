@@ -131,6 +131,9 @@ feedback = Table(
     Column("text", Text, nullable=False),
     # sha256 of the normalised text: a repeat of earlier feedback is not a valid submission.
     Column("text_hash", String(64), nullable=False),
+    # The hash again, on valid submissions only: a unique index on it makes "no repeats" hold
+    # even when two replicas take the same text at the same instant.
+    Column("counted_hash", String(64), nullable=True),
     Column("valid", Boolean, nullable=False),
     Column("refreshed", Boolean, nullable=False),
     Column("granted", BigInteger, nullable=False, default=0),
@@ -139,6 +142,7 @@ feedback = Table(
 )
 Index("ix_feedback_account_hash", feedback.c.account_id, feedback.c.text_hash)
 Index("ix_feedback_account_day", feedback.c.account_id, feedback.c.day)
+Index("ux_feedback_counted", feedback.c.account_id, feedback.c.counted_hash, unique=True)
 
 # Responses API objects created with `store: true`: what GET /responses/{id} returns and what
 # `previous_response_id` continues from. `body` is the response object and `items` the input
