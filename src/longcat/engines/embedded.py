@@ -108,6 +108,7 @@ class EmbeddedEngine(Engine):
         self.weights_name = opts.get("weights_name") or (BUNDLED_NAME if not path else self.model_path.name)
         self.threads = int(opts.get("threads") or threads or os.cpu_count() or 1)
         self.default_temperature = float(opts.get("default_temperature", 0.7))
+        self.structured_temperature = float(opts.get("structured_temperature", 0.2))
         self.repeat_penalty = float(opts.get("repeat_penalty", 1.1))
         self.scheduler = FairScheduler(slots=1, max_waiting=queue_limit)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-engine")
@@ -244,7 +245,11 @@ class EmbeddedEngine(Engine):
             llama.eval(tokens[llama.n_tokens : min(len(tokens) - 1, llama.n_tokens + PREFILL_CHUNK)])
 
         llama.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
-        temperature = request.temperature if request.temperature is not None else self.default_temperature
+        temperature = request.temperature
+        if temperature is None:
+            # Under a grammar (forced tool call, JSON) a small model sampled warm tends to ramble
+            # inside a string until max_tokens cuts the object short: sample cooler by default.
+            temperature = self.structured_temperature if job.grammar is not None else self.default_temperature
         generator = llama.generate(
             tokens,
             temp=temperature,
