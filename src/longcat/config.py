@@ -127,11 +127,6 @@ class Settings:
                 f.write(secrets.token_hex(32))
         return path.read_text().strip().encode()
 
-    def model(self, model_id: str) -> ModelConfig | None:
-        for m in self.models:
-            if m.id == model_id:
-                return m
-        return None
 
 
 _SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("models", "config_file")}

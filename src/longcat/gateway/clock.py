@@ -22,19 +22,6 @@ class SystemClock:
         return time.time()
 
 
-class FixedClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: float) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class FileOffsetClock:
     def __init__(self, path: Path) -> None:
         self.path = path

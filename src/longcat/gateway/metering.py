@@ -25,9 +25,6 @@ from longcat.store.usage import UsageRecord, UsageStore
 
 log = logging.getLogger("longcat.usage")
 
-# How a request ended, as recorded.
-OUTCOMES = ("ok", "length", "client_closed", "engine_error", "shutdown", "cancelled")
-
 MAX_BATCH = 500
 # A finishing request waits at most this long for its record to commit; past that the record
 # stays queued (and keeps being retried) while the response goes out.

@@ -205,11 +205,6 @@ class AccountStore:
             row[0], row[1], row[2], row[3], bool(row[4]), row[5], LimitOverrides(*row[6:9]), LimitOverrides(*row[9:12])
         )
 
-    async def get_account_by_id(self, account_id: int) -> Account | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
-        return _account(row) if row else None
-
     async def set_daily_quota(self, account_id: int, tokens: int | None) -> None:
         if tokens is not None and tokens < 0:
             raise StoreError("a daily quota cannot be negative")

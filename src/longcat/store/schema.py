@@ -71,6 +71,7 @@ usage_records = Table(
     Column("output_tokens", BigInteger, nullable=False),
     Column("cached_tokens", BigInteger, nullable=False),
     Column("billed_tokens", BigInteger, nullable=False),
+    # How it ended: ok | length | client_closed | engine_error | shutdown | cancelled
     Column("status", String(20), nullable=False),
     Column("latency_ms", Integer, nullable=False),
     Column("day", String(10), nullable=False),  # Beijing calendar day, YYYY-MM-DD
