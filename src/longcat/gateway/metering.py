@@ -44,7 +44,6 @@ class UsageWriter:
         self.store = store
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.written = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
@@ -82,7 +81,6 @@ class UsageWriter:
                 log.exception("writing %d usage records failed; retrying in %.1f s", len(batch), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.written += len(batch)
         for p in batch:
             if p.done is not None and not p.done.done():
                 p.done.set_result(None)
