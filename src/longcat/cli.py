@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -137,13 +138,16 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return await store.list_keys(account.id)
 
     keys = _with_store(_settings(args), work)
-    print(f"{'ID':>5}  {'NAME':<24} {'KEY':<16} {'STATUS':<9} CREATED")
+    print(f"{'ID':>5}  {'NAME':<24} {'KEY':<16} {'STATUS':<9} {'CREATED (UTC)':<17} LAST USED (UTC)")
     for key in keys:
-        import datetime as dt
-
-        created = dt.datetime.fromtimestamp(key.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M")
-        print(f"{key.id:>5}  {key.name:<24} {key.hint:<16} {key.status:<9} {created}")
+        created = _utc(key.created_at)
+        used = _utc(key.last_used_at) if key.last_used_at else "never"
+        print(f"{key.id:>5}  {key.name:<24} {key.hint:<16} {key.status:<9} {created:<17} {used}")
     return 0
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _cmd_key_status(status: str) -> Callable[[argparse.Namespace], int]:

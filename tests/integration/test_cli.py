@@ -74,8 +74,10 @@ def test_users_and_keys_lifecycle(fresh):
     assert "laptop" in listing and key not in listing and key[-4:] in listing
     key_id = re.search(r"^\s*(\d+)\s+laptop", listing, re.M).group(1)
 
+    assert re.search(r"laptop .* never$", listing, re.M)
     fresh.start()
     assert chat(fresh, key).status_code == 200
+    assert not re.search(r"laptop .* never$", cli(data, "keys", "list", "ann@example.com", config=config).stdout, re.M)
     cli(data, "keys", "disable", key_id, config=config)
     r = chat(fresh, key)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

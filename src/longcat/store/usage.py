@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from longcat.store.schema import quota_days, quota_ledger, usage_daily, usage_records
+from longcat.store.schema import api_keys, quota_days, quota_ledger, usage_daily, usage_records
 
 
 @dataclass(slots=True)
@@ -131,6 +131,12 @@ class UsageStore:
                     .where(and_(quota_days.c.account_id == account_id, quota_days.c.day == day))
                     .values(used=quota_days.c.used + billed)
                 )
+            # When each key was last used, for the keys list: one statement per batch and key.
+            last_used: dict[int, float] = {}
+            for r in fresh:
+                last_used[r.key_id] = max(last_used.get(r.key_id, 0.0), r.created_at)
+            for key_id, at in sorted(last_used.items()):
+                await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=int(at)))
         # Only once the transaction committed: a rolled-back day must be opened again.
         self._opened.update(opened)
 
