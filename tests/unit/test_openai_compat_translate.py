@@ -46,6 +46,7 @@ from longcat.engines.openai_compat import (
     safe_url,
     upstream_error,
 )
+from longcat.engines.upstream import estimate_output_tokens
 
 TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 OPTS = Options(base_urls=["http://up/v1"], upstream_model="org/model-7b")
@@ -124,7 +125,7 @@ IMG_DATA = ImageBlock(media_type="image/jpeg", data="AAAA")
              user(ToolResultBlock("c", [TextBlock("see image"), IMG_DATA]))],
             [
                 {"role": "user", "content": "x"},
-                {"role": "assistant", "content": None, "tool_calls": [
+                {"role": "assistant", "content": "", "tool_calls": [  # llama-cpp-python's server refuses null
                     {"id": "c", "type": "function", "function": {"name": "Shot", "arguments": "{}"}}]},
                 {"role": "tool", "tool_call_id": "c", "content": "see image"},
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}]},
@@ -392,13 +393,59 @@ def test_local_stop_when_the_upstream_ignores_stop():
     assert tr.output_estimate >= 2
 
 
-def test_done_without_finish_reason_is_a_stop_but_a_cut_stream_is_an_error():
-    assert run([chunk({"content": "x"})])[1] == Finish("stop")
+def test_a_reply_without_a_finish_reason_is_cut_short_even_with_done():
+    # llama-cpp-python's server (--interrupt_requests, on by default) ends a stream that another
+    # request interrupts with [DONE] and no finish_reason: the reply is incomplete, not a "stop".
+    with pytest.raises(ApiError) as info:
+        run([chunk({"role": "assistant"}), chunk({"content": "Once upon a"})])
+    assert (info.value.status, info.value.code) == (502, "upstream_error")
+    assert "without finishing the reply (no finish_reason)" in info.value.message
     with pytest.raises(ApiError) as info:
         run([chunk({"content": "x"})], done=False)
     assert (info.value.status, info.value.code) == (502, "upstream_error") and "before the reply was complete" in info.value.message
     with pytest.raises(ApiError):
         run([chunk({"content": "x"}, "abort")])
+    assert run([chunk({"content": "x"}), chunk({}, "stop")], done=False)[1] == Finish("stop")  # [DONE] is not required
+
+
+def test_an_empty_stream_is_an_empty_reply():
+    # llama-cpp-python's server fails after its 200 (a prompt over n_ctx, a streamed automatic
+    # tool choice) by closing the stream without a single event.
+    for done in (False, True):
+        with pytest.raises(ApiError) as info:
+            run([], done=done)
+        assert info.value.code == "upstream_error" and "sent an empty reply" in info.value.message
+
+
+# What llama-cpp-python 0.3.36's server (`python -m llama_cpp.server --chat_format
+# chatml-function-calling`) streams for a named tool choice: every piece repeats the call's id and
+# name, also as the legacy `function_call`; nulls where a field is unused; no usage at all.
+LLAMA_CPP_PYTHON_TOOL_STREAM = [
+    {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{
+        "index": 0, "finish_reason": None, "logprobs": None,
+        "delta": {"role": "assistant", "content": None, "function_call": None, "tool_calls": None}}]},
+    *({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{
+        "index": 0, "finish_reason": None, "logprobs": None,
+        "delta": {"role": None, "content": None, "function_call": {"name": "get_weather", "arguments": part},
+                  "tool_calls": [{"index": 0, "id": "call__0_get_weather_cmpl-1", "type": "function",
+                                  "function": {"name": "get_weather", "arguments": part}}]}}]}
+      for part in ['{"', "city", '":', ' "', "Paris", '"}', ""]),
+    {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{
+        "index": 0, "finish_reason": "tool_calls", "logprobs": None,
+        "delta": {"role": None, "content": None, "function_call": None, "tool_calls": None}}]},
+]
+
+
+def test_llama_cpp_python_tool_call_stream():
+    events, finish, tr = run(LLAMA_CPP_PYTHON_TOOL_STREAM)
+    collector = Collector()
+    for event in [*events, finish]:
+        collector.add(event)
+    done = collector.result()
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in done.tool_calls] == [
+        ("call__0_get_weather_cmpl-1", "get_weather", {"city": "Paris"})]
+    assert done.text == "" and finish == Finish("tool_calls") and tr.usage == {}
+    assert [type(e).__name__ for e in events].count("ToolCallStart") == 1
 
 
 def test_malformed_streams():
@@ -446,6 +493,21 @@ def test_error_object_inside_the_stream():
 def test_output_estimate_grows_and_usage_in_every_chunk_wins():
     _, _, tr = run([chunk({"content": " hello"}), chunk({"content": " world"}), chunk({}, "stop")])
     assert tr.output_estimate == 2 and tr.usage == {}
+
+
+@pytest.mark.parametrize(
+    "piece, tokens",
+    [
+        (" photosynthesis", 1), (" lighthouse", 1), ("Hello", 1), ("\n\n", 1), ("        ", 1), (",", 1), ("'m", 1),
+        (" ème", 1),
+        # pieces of servers that batch several tokens: about 4 ASCII characters a token
+        (" The keeper climbed the stairs", 7), ("你好世界", 4), ("x" * 40, 10),
+    ],
+)
+def test_output_estimate_counts_a_word_as_one_token(piece, tokens):
+    """llama-cpp-python's server streams one token a piece and never reports usage: a word is one
+    piece, one token, however long (300 of 300 tokens counted exactly on SmolLM2's English)."""
+    assert estimate_output_tokens(piece) == tokens
     _, _, tr = run([chunk({"content": "a"}, usage={"prompt_tokens": 5, "completion_tokens": 1}),
                     chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 1})])
     assert tr.usage == {"input": 5, "output": 1}
@@ -570,3 +632,50 @@ def test_any_chunking_of_a_tool_call_stream_gives_the_same_result(case):
     # Calls strictly one after another: Start, its deltas, End, then the next.
     shape = re.sub(r"(ToolCallDelta,)+", "D,", re.sub(r"(TextDelta,)+", "T,", ",".join(kinds) + ","))
     assert shape == ("T," if lead else "") + "ToolCallStart,D,ToolCallEnd," * len(expected)
+
+
+# ===================================================================================== the engine, usage without a report
+
+
+def test_an_upstream_that_reports_no_usage_is_billed_its_pieces_never_beyond_max_tokens():
+    """llama-cpp-python's server ignores `stream_options` and streams no usage: the output is
+    counted from the pieces (one token each), and never beyond the `max_tokens` sent."""
+    import httpx
+
+    from longcat.canonical import Usage
+
+    def frames(words: list[str], finish: str) -> bytes:
+        chunks = [chunk({"role": "assistant"}), *(chunk({"content": w}) for w in words), chunk({}, finish)]
+        return b"".join(f"data: {json.dumps(c)}\r\n\r\n".encode() for c in chunks) + b"data: [DONE]\r\n\r\n"
+
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        words = [" photosynthesis", " converts", " light", "."] * 3
+        if body["model"] == "batching":  # several tokens a piece: estimated at ~4 characters a token
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=frames([" ".join(words)] * 2, "length"))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=frames(words[: body["max_tokens"]], "length" if body["max_tokens"] < 12 else "stop"))
+
+    async def go(max_tokens: int, upstream_model: str = "llama") -> tuple[CallContext, list]:
+        engine = OpenAICompatEngine(model(base_url="http://llama-cpp-python/v1", upstream_model=upstream_model))
+        engine._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        ctx = CallContext("r")
+        request = req(user(TextBlock("Explain photosynthesis.")), max_tokens=max_tokens)
+        await engine.measure(request, ctx)
+        events = [e async for e in engine.stream(request, ctx)]
+        await engine._client.aclose()
+        return ctx, events
+
+    ctx, events = asyncio.run(go(12))
+    assert sent[-1]["stream_options"] == {"include_usage": True}  # asked for, not honoured
+    assert ctx.usage.output_tokens == 12 and events[-2] == Usage(ctx.usage.input_tokens, 12, 0)
+    assert events[-1] == Finish("stop")
+    ctx, events = asyncio.run(go(5))
+    assert ctx.usage.output_tokens == 5 and events[-1] == Finish("length")
+    assert ctx.usage.input_tokens == estimate_prompt_tokens(req(user(TextBlock("Explain photosynthesis."))))
+    ctx, events = asyncio.run(go(7, "batching"))  # an estimate of ~30 tokens, but 7 were asked for
+    assert ctx.usage.output_tokens == 7 and events[-1] == Finish("length")

@@ -33,7 +33,9 @@ Options (keys of the `[[models]]` table):
   for a free connection up to 30 s, then get 503 `overloaded`.
 - `tokenize`: how prompts are counted before admission (quota reservation and the context
   check). "vllm": the upstream's `POST /tokenize` with the chat messages (vLLM, SGLang), exact;
-  "llamacpp": llama.cpp server's `POST /apply-template` then `POST /tokenize`, exact; "none"
+  "llamacpp": llama.cpp server's `POST /apply-template` then `POST /tokenize`, exact;
+  "llama_cpp_python": `usage.prompt_tokens` of the same request, non-streamed and cut to one
+  token (llama-cpp-python's server, which cannot count a chat otherwise), exact; "none"
   (default): an estimate that errs high (about 3 characters, or 1 non-ASCII character, a
   token). With "none" the estimate only sizes the reservation: it never refuses a prompt, the
   upstream decides whether the prompt fits its context (its error comes back as
@@ -129,7 +131,7 @@ __all__ = [
 log = logging.getLogger("longcat.engine.openai_compat")
 
 OPTION_KEYS = COMMON_OPTION_KEYS | {"thinking_param", "send_reasoning_content"}
-TOKENIZE_MODES = ("vllm", "llamacpp", "none")
+TOKENIZE_MODES = ("vllm", "llamacpp", "llama_cpp_python", "none")
 
 
 # ============================================================================ options
@@ -239,7 +241,9 @@ def chat_messages(request: ChatRequest, *, send_reasoning: bool = False) -> list
 def _assistant_message(message: Message, send_reasoning: bool) -> dict[str, Any]:
     text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
     calls = [b for b in message.content if isinstance(b, ToolUseBlock)]
-    out: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
+    # "" rather than null beside tool calls: OpenAI allows both, but llama-cpp-python's server
+    # refuses a null content (a 500), and chat templates treat the two alike.
+    out: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or "{}"}} for c in calls
@@ -354,6 +358,7 @@ class ChunkTranslator:
         self.stopped: str | None = None
         self.usage: dict[str, int] = {}  # what the upstream reported: input, output, cached
         self.output_estimate = 0
+        self.chunks = 0
 
     # ------------------------------------------------------------------ chunks
 
@@ -362,6 +367,7 @@ class ChunkTranslator:
             return []
         if not isinstance(chunk, dict):
             raise malformed(self.model_id, "a chunk that is not a JSON object")
+        self.chunks += 1
         if "error" in chunk and not chunk.get("choices"):
             raise stream_error(chunk, model_id=self.model_id, secrets=self.secrets)
         usage = chunk.get("usage")
@@ -521,9 +527,18 @@ class ChunkTranslator:
         if self.stopped is not None:
             return out, Finish("stop_sequence", self.stopped)
         reason = self.finish_reason
-        if reason is None and not done:
+        if reason is None and not self.chunks:
+            # A server that fails after its 200 (llama-cpp-python's, on a prompt over its context).
+            raise ApiError("upstream", "upstream_error", f"The model server behind {self.model_id!r} sent an empty reply.")
+        if reason is None:
+            # No finish_reason, with or without [DONE]: the reply did not end. llama-cpp-python's
+            # server ends a stream with [DONE] alone when another request interrupts it.
             raise ApiError(
-                "upstream", "upstream_error", f"The model server behind {self.model_id!r} closed the stream before the reply was complete."
+                "upstream",
+                "upstream_error",
+                f"The model server behind {self.model_id!r} "
+                + ("ended the stream without finishing the reply (no finish_reason)." if done
+                   else "closed the stream before the reply was complete."),
             )
         if reason in ("abort", "error"):
             raise ApiError("upstream", "upstream_error", f"The model server behind {self.model_id!r} aborted the reply ({reason}).")
@@ -645,6 +660,7 @@ class OpenAICompatEngine(UpstreamEngine):
         tokenizer = {
             "vllm": "the upstream's (POST /tokenize, vLLM / SGLang)",
             "llamacpp": "the upstream's (llama.cpp server POST /tokenize)",
+            "llama_cpp_python": "the upstream's (usage of a one-token completion of the same request)",
             "none": "estimated before the request (about 3 characters a token); billed by the upstream's count",
         }[opts.tokenize]
         return {
@@ -677,7 +693,26 @@ class OpenAICompatEngine(UpstreamEngine):
     async def count_exact(self, request: ChatRequest) -> int:
         if self.options.tokenize == "vllm":
             return await self._count_vllm(request)
+        if self.options.tokenize == "llama_cpp_python":
+            return await self._count_by_completion(request)
         return await self._count_llamacpp(request)
+
+    async def _count_by_completion(self, request: ChatRequest) -> int:
+        """The prompt as the server counts it: `usage.prompt_tokens` of a non-streamed completion
+        of the same request cut to one token.
+
+        For llama-cpp-python's server, which has no way to count a chat: its `/extras/tokenize`
+        counts raw text, without the chat template it applies itself, and its streams carry no
+        usage. The one token costs a few milliseconds; the prompt it read stays in the server's
+        cache for the real request. A prompt over the server's context is its 400, passed on."""
+        body = chat_body(request, self.options, max_tokens=1)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        result = await self._post_json("/chat/completions", body)
+        count = result["usage"]["prompt_tokens"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError("usage.prompt_tokens is not a count")
+        return count
 
     async def _count_vllm(self, request: ChatRequest) -> int:
         body: dict[str, Any] = {

@@ -228,10 +228,19 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     return total + 3  # the assistant turn's header
 
 
-def estimate_output_tokens(text: str) -> int:
-    """Output tokens in one streamed piece (at least 1), until the upstream's own count arrives.
+# What a token streamed on its own looks like: one word with its leading white space, or white space.
+ONE_TOKEN_PIECE = re.compile(r"\s{0,8}[A-Za-z]{1,24}|\s{1,16}")
 
-    Most servers stream a token a chunk; a few batch several, so longer pieces count more."""
+
+def estimate_output_tokens(text: str) -> int:
+    """Output tokens in one streamed piece (at least 1), until the upstream's own count arrives
+    (or for good, from an upstream that never sends one: llama-cpp-python's server).
+
+    Most servers stream a token a piece: a piece that is one word, however long (" photosynthesis"),
+    counts 1, as it did when they generated it. Longer pieces come from servers that batch
+    several tokens: about 4 ASCII characters, or one other character, a token."""
+    if ONE_TOKEN_PIECE.fullmatch(text):
+        return 1
     ascii_chars = len(text.encode("ascii", "ignore"))
     return max(1, ascii_chars // 4 + (len(text) - ascii_chars))
 
@@ -619,6 +628,8 @@ class UpstreamEngine(Engine):
                 self._count_warned = False
                 return count, True
             except (ApiError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                if isinstance(exc, ApiError) and exc.code == "context_length_exceeded":
+                    raise  # the upstream counted, and the prompt does not fit: that is the answer
                 if not self._count_warned:
                     self._count_warned = True
                     self.log.warning("model %s: the upstream could not count tokens (%s); estimating until it can",
@@ -662,7 +673,7 @@ class UpstreamEngine(Engine):
                         emitted = True
                         yield event
                     reader.raise_error()
-                    self._meter(ctx, reader)
+                    self._meter(ctx, reader, budget)
                     if reader.done:
                         break
             except httpx.TimeoutException:
@@ -675,14 +686,14 @@ class UpstreamEngine(Engine):
                     "upstream", "upstream_error", f"The connection to the model server behind {self.model.id!r} broke mid-reply."
                 ) from None
             events, finish = reader.end()
-            self._meter(ctx, reader)
+            self._meter(ctx, reader, budget)
             for event in events:
                 emitted = True
                 yield event
             yield Usage(ctx.usage.input_tokens, ctx.usage.output_tokens, ctx.usage.cached_tokens)
             yield finish
         except ApiError as err:
-            self._meter(ctx, reader)
+            self._meter(ctx, reader, budget)
             if checked:
                 self.log.warning("model %s: request %s failed %s: %s", self.model.id, ctx.request_id,
                                  "mid-reply" if emitted else "before any output", err.message)
@@ -694,11 +705,15 @@ class UpstreamEngine(Engine):
             await response.aclose()
 
     @staticmethod
-    def _meter(ctx: CallContext, reader: Reader) -> None:
-        """Live usage: the upstream's numbers once it sent them, estimates until then."""
+    def _meter(ctx: CallContext, reader: Reader, budget: int | None = None) -> None:
+        """Live usage: the upstream's numbers once it sent them, estimates until then.
+
+        An estimate never exceeds `budget`, the `max_tokens` sent: the upstream cannot have
+        generated more (a stream cut at `max_tokens` is then counted exactly)."""
         reported = reader.usage
         ctx.usage.input_tokens = reported.get("input", ctx.usage.input_tokens)
-        ctx.usage.output_tokens = reported.get("output", reader.output_estimate)
+        estimate = reader.output_estimate if budget is None else min(reader.output_estimate, budget)
+        ctx.usage.output_tokens = reported.get("output", estimate)
         ctx.usage.cached_tokens = reported.get("cached", ctx.usage.cached_tokens)
 
 
