@@ -41,7 +41,8 @@ def start_llama(port: int, threads: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--n_ctx", "8192",
            "--host", "127.0.0.1", "--port", str(port), "--chat_format", "chatml", "--interrupt_requests", "false",
            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "false"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -66,7 +66,8 @@ class LlamaServer:
                "--host", "127.0.0.1", "--port", str(self.port), "--chat_format", "chatml-function-calling",
                "--verbose", "false", *options]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     @property
     def url(self) -> str:

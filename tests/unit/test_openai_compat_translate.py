@@ -679,3 +679,54 @@ def test_an_upstream_that_reports_no_usage_is_billed_its_pieces_never_beyond_max
     assert ctx.usage.input_tokens == estimate_prompt_tokens(req(user(TextBlock("Explain photosynthesis."))))
     ctx, events = asyncio.run(go(7, "batching"))  # an estimate of ~30 tokens, but 7 were asked for
     assert ctx.usage.output_tokens == 7 and events[-1] == Finish("length")
+
+
+def test_tokenize_llama_cpp_python_counts_with_a_one_token_completion():
+    """llama-cpp-python's server cannot count a chat (its /extras/tokenize counts raw text, without
+    the chat template): the count is `usage.prompt_tokens` of the same request, cut to one token."""
+    import httpx
+
+    asked = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        asked.append((request.url.path, body))
+        if "HUGE" in json.dumps(body["messages"]):  # what the server says when the prompt is over n_ctx
+            return httpx.Response(400, json={"error": {
+                "message": "This model's maximum context length is 8192 tokens, however you requested 9001 tokens "
+                           "(9000 in the messages, 1 in the completion). Please reduce the length of the messages or completion.",
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+        if "BROKEN" in json.dumps(body["messages"]):
+            return httpx.Response(500, json={"error": {"message": "", "type": "internal_server_error"}})
+        return httpx.Response(200, json={"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "length",
+                              "message": {"role": "assistant", "content": "A"}}],
+                              "usage": {"prompt_tokens": 23, "completion_tokens": 1, "total_tokens": 24}})
+
+    engine = OpenAICompatEngine(model(base_url="http://llama/v1", tokenize="llama_cpp_python"))
+    assert engine.options.tokenize == "llama_cpp_python" and "one-token completion" in engine.describe()["tokenizer"]
+
+    async def measure(text: str, **kw) -> CallContext:
+        engine._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        ctx = CallContext("r")
+        try:
+            await engine.measure(req(user(TextBlock(text)), max_tokens=50, temperature=0.3, **kw), ctx)
+        finally:
+            await engine._client.aclose()
+        return ctx
+
+    tools = [ToolSpec("get_weather", "Weather", {"type": "object"})]
+    ctx = asyncio.run(measure("What is the weather in Paris?", tools=tools, tool_choice=ToolChoice("tool", "get_weather")))
+    assert (ctx.prompt_tokens, ctx.prompt_cache) == (23, True)
+    path, body = asked[-1]
+    assert path == "/v1/chat/completions" and body["stream"] is False and "stream_options" not in body
+    assert body["max_tokens"] == 1 and body["messages"] == [{"role": "user", "content": "What is the weather in Paris?"}]
+    # The same prompt as the real request: the tools and the choice shape it on this server.
+    assert body["tools"][0]["function"]["name"] == "get_weather"
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+    with pytest.raises(ApiError) as info:  # the server counted, and it does not fit: its 400, passed on
+        asyncio.run(measure("HUGE"))
+    assert info.value.code == "context_length_exceeded" and "8192" in info.value.message
+
+    ctx = asyncio.run(measure("BROKEN"))  # a server that cannot count: the estimate
+    assert ctx.prompt_cache is False and ctx.prompt_tokens == estimate_prompt_tokens(req(user(TextBlock("BROKEN"))))
