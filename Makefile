@@ -1,6 +1,6 @@
 # make serve  - set up (first time) and start the platform with the embedded model
 # make test   - set up (first time) and run the whole test suite
-# make bench  - run the benchmarks in bench/
+# make bench  - run the benchmarks in bench/ (engine, gateway, upstream; each prints a ratio)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,6 +22,8 @@ test-fast: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/upstream.py
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench
