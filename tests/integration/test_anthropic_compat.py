@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from typing import Any
 
@@ -17,7 +16,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -25,6 +23,7 @@ from starlette.routing import Route
 
 from tests.support.anthropic_stream import check_stream, parse_sse
 from tests.support.server import Server, free_port, shared_file, write_config
+from tests.support.upstreams import dropping_port, serve_app
 from tests.support.wire import chat_chunks
 
 TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -151,45 +150,15 @@ class Fake:
 @pytest.fixture(scope="module")
 def fake():
     app = Fake()
-    server = uvicorn.Server(uvicorn.Config(app.app, host="127.0.0.1", port=app.port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield app
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(app.app, app.port):
+        yield app
 
 
 @pytest.fixture(scope="module")
 def dropper():
-    """A port that accepts connections and closes them at once, before any byte of a reply."""
-    import socket
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.1)
-    stop = threading.Event()
-    accepted = []
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            accepted.append(1)
-            conn.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
-    stop.set()
-    thread.join(5)
-    listener.close()
+    """A replica that accepts connections and closes them at once, before any byte of a reply."""
+    with dropping_port() as (port, accepted):
+        yield f"http://127.0.0.1:{port}", accepted
 
 
 # ======================================================================= the two LongCat servers
