@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from tests.support.anthropic_stream import check_stream, parse_sse
-from tests.support.server import Server, free_port, shared_file, write_config
+from tests.support.server import Server, free_port, shared_file, usage_lines, wait_usage, write_config
 from tests.support.upstreams import dropping_port, serve_app
 from tests.support.wire import chat_chunks
 
@@ -227,24 +227,6 @@ def claude(front):
 @pytest.fixture(scope="module")
 def oai(front):
     return openai.OpenAI(api_key=front.key, base_url=front.base_url + "/openai/v1", max_retries=0, timeout=30)
-
-
-def usage_lines(server: Server, model: str | None = None) -> list[dict[str, str]]:
-    out = []
-    for line in server.log().splitlines():
-        if "longcat.usage" in line and (model is None or f" model={model} " in line):
-            out.append(dict(re.findall(r"(\w+)=(\S+)", line.split("longcat.usage", 1)[1])))
-    return out
-
-
-def wait_usage(server: Server, model: str, count: int, timeout: float = 5) -> list[dict[str, str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = usage_lines(server, model)
-        if len(lines) >= count:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"no usage line #{count} for {model}: {usage_lines(server, model)[-3:]}")
 
 
 def post_messages(front: Server, body: dict[str, Any]) -> httpx.Response:

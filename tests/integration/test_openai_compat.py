@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from tests.support.anthropic_stream import check_stream, parse_sse
-from tests.support.server import Server, free_port, write_config
+from tests.support.server import Server, free_port, usage_lines, wait_usage, write_config
 from tests.support.upstreams import dropping_port, serve_app
 from tests.support.wire import chat_chunks
 
@@ -205,24 +205,6 @@ def oai(front):
 @pytest.fixture(scope="module")
 def claude(front):
     return anthropic.Anthropic(api_key=front.key, base_url=front.base_url + "/anthropic", max_retries=0, timeout=30)
-
-
-def usage_lines(server: Server, model: str | None = None) -> list[dict[str, str]]:
-    out = []
-    for line in server.log().splitlines():
-        if "longcat.usage" in line and (model is None or f" model={model} " in line):
-            out.append(dict(re.findall(r"(\w+)=(\S+)", line.split("longcat.usage", 1)[1])))
-    return out
-
-
-def wait_usage(server: Server, model: str, count: int, timeout: float = 5) -> list[dict[str, str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = usage_lines(server, model)
-        if len(lines) >= count:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"no usage line #{count} for {model}: {usage_lines(server, model)[-3:]}")
 
 
 # ======================================================================= text

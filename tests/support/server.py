@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -136,6 +137,26 @@ def scale_out_backend(label: str):
         for key in client.scan_iter(env["LONGCAT_REDIS_PREFIX"] + "*"):
             client.delete(key)
         client.close()
+
+
+def usage_lines(server: Server, model: str | None = None) -> list[dict[str, str]]:
+    """The server's usage log lines (one per settled request) as dicts, oldest first."""
+    out = []
+    for line in server.log().splitlines():
+        if "longcat.usage" in line and (model is None or f" model={model} " in line):
+            out.append(dict(re.findall(r"(\w+)=(\S+)", line.split("longcat.usage", 1)[1])))
+    return out
+
+
+def wait_usage(server: Server, model: str, count: int, timeout: float = 5) -> list[dict[str, str]]:
+    """Wait until the server logged at least `count` usage lines for `model`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = usage_lines(server, model)
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"no usage line #{count} for {model}: {usage_lines(server, model)[-3:]}")
 
 
 def write_config(path: Path, text: str) -> Path:
