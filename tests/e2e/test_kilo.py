@@ -32,9 +32,8 @@ from tests.support.agents import (
     openai_compatible_provider,
     run_agent,
     sealed_env,
-    usage_lines,
 )
-from tests.support.server import Server, free_port, write_config
+from tests.support.server import Server, free_port, usage_lines, write_config
 
 pytestmark = pytest.mark.agent
 
@@ -98,7 +97,7 @@ def test_kilo_runs_the_scripted_bash_call_and_answers(server, tmp_path):
     assert f"echo kilo-ran > {MARKER}" in run.output  # Kilo shows the command it ran
     assert ANSWER in run.stdout
     turns = usage_lines(server, "kilo-agent")
-    assert len(turns) >= 2 and all("endpoint=chat.completions" in t and "outcome=ok" in t for t in turns)
+    assert len(turns) >= 2 and all(t["endpoint"] == "chat.completions" and t["outcome"] == "ok" for t in turns)
 
 
 def test_kilo_shows_the_context_window_error_and_exits(server, tmp_path):

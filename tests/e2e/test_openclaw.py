@@ -39,9 +39,8 @@ from tests.support.agents import (
     installed,
     run_agent,
     sealed_env,
-    usage_lines,
 )
-from tests.support.server import Server, free_port, write_config
+from tests.support.server import Server, free_port, usage_lines, write_config
 
 pytestmark = pytest.mark.agent
 
@@ -155,7 +154,7 @@ def test_openclaw_round_trip_with_the_guide_config(node24, server, tmp_path):
     assert run.returncode == 0, run.output[-4000:]
     assert run.stdout.strip() == GREETING
     turns = usage_lines(server, "openclaw-hello")
-    assert len(turns) == 1 and "endpoint=chat.completions stream=True" in turns[0] and "outcome=ok" in turns[0]
+    assert len(turns) == 1 and (turns[0]["endpoint"], turns[0]["stream"], turns[0]["outcome"]) == ("chat.completions", "True", "ok")
 
 
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])

@@ -37,9 +37,8 @@ from tests.support.agents import (
     openai_compatible_provider,
     run_agent,
     sealed_env,
-    usage_lines,
 )
-from tests.support.server import Server, free_port, write_config
+from tests.support.server import Server, free_port, usage_lines, write_config
 
 pytestmark = pytest.mark.agent
 
@@ -107,7 +106,7 @@ def test_opencode_runs_the_scripted_bash_call_and_answers(server, tmp_path):
     assert ANSWER in run.stdout
     # The title request, the tool call and the answer: all through Chat Completions, all fine.
     turns = usage_lines(server, "opencode-agent")
-    assert len(turns) >= 2 and all("endpoint=chat.completions" in t and "outcome=ok" in t for t in turns)
+    assert len(turns) >= 2 and all(t["endpoint"] == "chat.completions" and t["outcome"] == "ok" for t in turns)
 
 
 @pytest.mark.parametrize(

@@ -116,11 +116,6 @@ def openai_compatible_provider(server: Server, models: dict[str, tuple[int, int]
     }
 
 
-def usage_lines(server: Server, model: str) -> list[str]:
-    """The server's usage log lines for one model (one per request that reached the engine)."""
-    return [line for line in server.log().splitlines() if "longcat.usage" in line and f" model={model} " in line]
-
-
 def context_message(output: str, window: int) -> int:
     """The platform's context-window message in an agent's output: returns the prompt size it
     names, after checking it also names the window."""
