@@ -15,7 +15,7 @@ from longcat.api import anthropic as anthropic_routes
 from longcat.api import openai as openai_routes
 from longcat.api import platform as platform_routes
 from longcat.api import responses as responses_routes
-from longcat.api.asgi import JSONBody
+from longcat.api.asgi import BodyReader, JSONBody
 from longcat.canonical import ApiError
 from longcat.config import Settings
 from longcat.engines.catalog import Catalog
@@ -109,5 +109,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.catalog = catalog
     app.state.gateway = gateway
     app.state.usage = usage
+    app.state.bodies = BodyReader(idle_timeout=settings.body_timeout)
     app.state.feedback = FeedbackDesk(settings, gateway.quota)
     return app

@@ -138,6 +138,21 @@ class ChatRequest:
     def system_text(self) -> str:
         return "\n\n".join(b.text for b in self.system)
 
+    def text_chars(self) -> int:
+        """Characters of text the prompt carries (system, messages, tool calls and results).
+        Divided by an engine's longest token, a lower bound on the prompt's tokens that costs
+        no tokenization: how an absurdly long prompt is refused before any work is spent on it."""
+        total = sum(len(b.text) for b in self.system)
+        for m in self.messages:
+            for b in m.content:
+                if isinstance(b, TextBlock):
+                    total += len(b.text)
+                elif isinstance(b, ToolUseBlock):
+                    total += len(b.arguments)
+                elif isinstance(b, ToolResultBlock):
+                    total += sum(len(c.text) for c in b.content if isinstance(c, TextBlock))
+        return total
+
     def has_images(self) -> bool:
         for m in self.messages:
             for b in m.content:

@@ -76,6 +76,14 @@ class Settings:
     engine_queue_limit: int = 64
     # CPU threads for the embedded engine; 0 means all cores.
     embedded_threads: int = 0
+    # Prompts one account may have tokenized at once, per model (the others wait their turn).
+    account_tokenize_concurrency: int = 2
+    # Seconds a client may take to send a request's headers, and may stay silent in its body.
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    # Open connections; beyond it the oldest idle or half-sent one makes room, else the newest
+    # is closed. 0: as many as the process's file descriptors allow, less a margin.
+    max_connections: int = 0
     # Seconds a server waits for in-flight requests when asked to stop.
     shutdown_grace: float = 10.0
     # Seconds of engine silence (queue, long prefill) after which a stream sends a keep-alive ping.

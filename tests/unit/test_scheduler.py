@@ -16,13 +16,13 @@ def test_round_robin_across_tenants():
             await sched.acquire(tenant)
             order.append(f"{tenant}{n}")
             await asyncio.sleep(0)
-            sched.release()
+            sched.release(tenant)
 
         tasks = [asyncio.create_task(job("a", i)) for i in range(4)]
         await asyncio.sleep(0)
         tasks.append(asyncio.create_task(job("b", 0)))
         await asyncio.sleep(0)
-        sched.release()
+        sched.release("holder")
         await asyncio.gather(*tasks)
         return order
 
@@ -38,7 +38,7 @@ def test_cancelled_waiter_does_not_leak_the_slot():
         await asyncio.sleep(0)
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
-        sched.release()
+        sched.release("x")
         assert sched.busy == 0 and sched.waiting == 0
         await asyncio.wait_for(sched.acquire("z"), 1)
         assert sched.busy == 1
@@ -60,3 +60,22 @@ def test_full_queue_is_a_quick_503():
 
     err = asyncio.run(main())
     assert err.status == 503 and err.code == "overloaded"
+
+
+def test_per_tenant_cap_leaves_room_for_others():
+    async def main():
+        sched = FairScheduler(slots=3, max_waiting=10, per_tenant=1)
+        await sched.acquire("a")
+        second_a = asyncio.create_task(sched.acquire("a"))
+        await asyncio.sleep(0)
+        assert not second_a.done() and sched.busy == 1  # a holds its one slot; two are free
+        await asyncio.wait_for(sched.acquire("b"), 1)  # another account is not kept waiting
+        assert sched.busy == 2
+        sched.release("a")
+        await asyncio.wait_for(second_a, 1)  # a's turn comes when its own slot is free
+        sched.release("a")
+        sched.release("b")
+        # Nothing is kept for tenants that hold and wait for nothing.
+        assert sched.busy == 0 and sched.waiting == 0 and sched.tenants == 0
+
+    asyncio.run(main())

@@ -19,7 +19,7 @@ from longcat.api.asgi import (
     Disconnected,
     EventStream,
     JSONBody,
-    read_body,
+    read_json,
     sse,
     until_disconnect,
     with_keepalive,
@@ -31,7 +31,6 @@ from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
 from longcat.protocols import anthropic
 from longcat.protocols.anthropic_errors import anthropic_error_body
-from longcat.protocols.fields import parse_json_object
 
 
 def anthropic_error(err: ApiError) -> Response:
@@ -51,11 +50,13 @@ async def messages(request: Request) -> Response:
     signer = _signer(request)
     try:
         owner = await gateway.authenticate(request.headers)
-        body = parse_json_object(await read_body(request))
+        body = await read_json(request, str(owner.account_id))
         chat = anthropic.decode(body, verify_thinking=signer.verify_thinking)
-        call = await gateway.admit(owner, chat, endpoint="messages")
+        call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="messages"))
     except ApiError as err:
         return anthropic_error(err)
+    except Disconnected:
+        return Response(status_code=499)
 
     headers = {"request-id": call.ctx.request_id, "x-request-id": call.ctx.request_id}
     if chat.stream:
@@ -124,13 +125,13 @@ async def count_tokens(request: Request) -> Response:
     gateway = _gateway(request)
     try:
         owner = await gateway.authenticate(request.headers)
-        body = parse_json_object(await read_body(request))
+        body = await read_json(request, str(owner.account_id))
         chat = anthropic.decode(body, verify_thinking=_signer(request).verify_thinking, count_only=True)
-        _model, engine = gateway.catalog.route(chat.model)
-        await gateway.limiter.charge_request(owner, gateway.clock.now())
-        tokens = await engine.count_tokens(chat)
+        tokens = await until_disconnect(request.receive, gateway.count_tokens(owner, chat))
     except ApiError as err:
         return anthropic_error(err)
+    except Disconnected:
+        return Response(status_code=499)
     return JSONBody({"input_tokens": tokens})
 
 

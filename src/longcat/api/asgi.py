@@ -3,6 +3,10 @@
 Engines must stop working for a client that has gone, even while they are silent (queued, or
 reading a long prompt), so we watch the connection for `http.disconnect` ourselves instead of
 waiting for the next write to fail.
+
+Bodies are read with a bound on their size and on the silence between their chunks; large ones
+are read a few at a time (one per account) and parsed off the event loop, so a handful of huge
+uploads can neither fill the memory nor stall everyone else's requests.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from longcat.canonical import ApiError
+from longcat.engines.scheduler import FairScheduler
+from longcat.protocols.fields import parse_json_object
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+LARGE_BODY_BYTES = 1024 * 1024  # bodies above this take one of few "large body" slots
+PARSE_OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed on a worker thread
 
 T = TypeVar("T")
 _END = object()
@@ -37,23 +45,73 @@ class JSONBody(Response):
         return dumps(content)
 
 
-async def read_body(request: Request) -> bytes:
-    """The raw body, refusing absurd sizes before reading them into memory."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {MAX_BODY_BYTES // 2**20} MiB.")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # The client left mid-upload: answered like any bad request (to nobody), not as a crash.
-        raise ApiError("invalid_request", "invalid_json", "The client disconnected before the request body was complete.") from None
-    return b"".join(chunks)
+class BodyReader:
+    """Reads and parses JSON request bodies for the routes (one per app, on `app.state`)."""
+
+    def __init__(self, idle_timeout: float = 10.0, large_at_once: int = 4, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_bytes = max_bytes
+        # Memory for bodies in flight stays near `large_at_once` x `max_bytes`, whatever the load.
+        self.large = FairScheduler(slots=large_at_once, max_waiting=64, per_tenant=1)
+
+    def _too_large(self) -> ApiError:
+        return ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {self.max_bytes // 2**20} MiB.")
+
+    async def json(self, request: Request, tenant: str) -> dict[str, Any]:
+        """The body as a JSON object; `tenant` (the account) waits its turn for a large one."""
+        declared = request.headers.get("content-length")
+        size = int(declared) if declared and declared.isdigit() else 0
+        if size > self.max_bytes:
+            raise self._too_large()
+        held = False
+        try:
+            if size > LARGE_BODY_BYTES:
+                await self.large.acquire(tenant)
+                held = True
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            while more:
+                message = await self._receive(request)
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise self._too_large()
+                if size > LARGE_BODY_BYTES and not held:
+                    await self.large.acquire(tenant)
+                    held = True
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            raw = b"".join(chunks)
+            del chunks
+            if len(raw) > PARSE_OFF_LOOP_BYTES:
+                return await asyncio.to_thread(parse_json_object, raw)
+            return parse_json_object(raw)
+        finally:
+            if held:
+                self.large.release(tenant)
+
+    async def _receive(self, request: Request) -> dict[str, Any]:
+        try:
+            message = await asyncio.wait_for(request.receive(), self.idle_timeout)
+        except TimeoutError:
+            raise ApiError(
+                "invalid_request",
+                "request_timeout",
+                f"The request body stopped arriving: nothing came for {self.idle_timeout:g} seconds.",
+                status=408,
+                headers={"Connection": "close"},
+            ) from None
+        if message["type"] == "http.disconnect":
+            # The client left mid-upload: answered like any bad request (to nobody), not as a crash.
+            raise ApiError("invalid_request", "invalid_json", "The client disconnected before the request body was complete.")
+        return message
+
+
+async def read_json(request: Request, tenant: str) -> dict[str, Any]:
+    """The request's JSON object body, through the app's `BodyReader`."""
+    reader: BodyReader = request.app.state.bodies
+    return await reader.json(request, tenant)
 
 
 class Disconnected(Exception):

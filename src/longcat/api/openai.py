@@ -9,12 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_body, sse, until_disconnect
+from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_json, sse, until_disconnect
 from longcat.api.models import model_detail, model_summary
 from longcat.canonical import ApiError, Event, collect
 from longcat.gateway.pipeline import Gateway
 from longcat.protocols import openai_chat
-from longcat.protocols.fields import parse_json_object
 from longcat.protocols.openai_errors import openai_error_body
 
 DONE = b"data: [DONE]\n\n"
@@ -32,10 +31,12 @@ async def chat_completions(request: Request) -> Response:
     gateway = _gateway(request)
     try:
         owner = await gateway.authenticate(request.headers)
-        chat = openai_chat.decode(parse_json_object(await read_body(request)))
-        call = await gateway.admit(owner, chat, endpoint="chat.completions")
+        chat = openai_chat.decode(await read_json(request, str(owner.account_id)))
+        call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="chat.completions"))
     except ApiError as err:
         return openai_error(err)
+    except Disconnected:
+        return Response(status_code=499)
 
     headers = {"x-request-id": call.ctx.request_id}
     if chat.stream:

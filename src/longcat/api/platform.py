@@ -13,13 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from longcat.api.asgi import JSONBody, read_body
+from longcat.api.asgi import JSONBody, read_json
 from longcat.api.openai import openai_error
 from longcat.canonical import ApiError, invalid
 from longcat.gateway.clock import beijing_day
 from longcat.gateway.feedback import parse_submission, quota_body
 from longcat.gateway.pipeline import Gateway
-from longcat.protocols.fields import parse_json_object
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -89,7 +88,7 @@ async def feedback(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
         owner = await gateway.authenticate(request.headers)
-        submission = parse_submission(parse_json_object(await read_body(request)))
+        submission = parse_submission(await read_json(request, str(owner.account_id)))
         result = await request.app.state.feedback.submit(owner, submission, gateway.clock.now())
     except ApiError as err:
         return openai_error(err)

@@ -14,12 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_body, sse, until_disconnect
+from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_json, sse, until_disconnect
 from longcat.api.openai import openai_error
 from longcat.canonical import ApiError, Error, Event
 from longcat.gateway.pipeline import Gateway
 from longcat.protocols import openai_responses
-from longcat.protocols.fields import parse_json_object
 from longcat.protocols.openai_responses import ResponseEncoder, ResponsesRequest
 from longcat.store.accounts import KeyOwner
 from longcat.store.responses import ResponseStore
@@ -51,10 +50,12 @@ async def create_response(request: Request) -> Response:
     decoded: ResponsesRequest | None = None
     try:
         owner = await gateway.authenticate(request.headers)
-        body = parse_json_object(await read_body(request))
+        body = await read_json(request, str(owner.account_id))
         history = await _history(store, owner, openai_responses.previous_response_id(body))
         decoded = openai_responses.decode(body, history)
-        call = await gateway.admit(owner, decoded.chat, endpoint="responses")
+        call = await until_disconnect(request.receive, gateway.admit(owner, decoded.chat, endpoint="responses"))
+    except Disconnected:
+        return Response(status_code=499)
     except ApiError as err:
         err = _in_responses_terms(err)
         if decoded is not None and decoded.chat.stream and err.code == CONTEXT_EXCEEDED:

@@ -32,6 +32,12 @@ class Engine(abc.ABC):
     """Serves one catalog model. `stream` is the only way to get a reply: non-streaming is collected."""
 
     kind: str = "engine"
+    # The most characters one token of this engine's tokenizer can cover (0: unknown). With it the
+    # gateway refuses a prompt too long for the context before spending a tokenization on it.
+    max_token_chars: int = 0
+    # How many prompts may be counted at once (the gateway's tokenization gate); local
+    # tokenizers are CPU-bound, remote ones are not.
+    measure_slots: int = 8
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
@@ -102,12 +108,14 @@ class StopMatcher:
         return out
 
 
-def context_exceeded(model: ModelConfig, prompt_tokens: int) -> ApiError:
-    """The 400 for a prompt that does not fit; names both numbers and the way out."""
+def context_exceeded(model: ModelConfig, prompt_tokens: int, *, at_least: bool = False) -> ApiError:
+    """The 400 for a prompt that does not fit; names both numbers and the way out. `at_least`:
+    the count is a lower bound (the prompt was refused before it was tokenized)."""
+    needs = f"at least {prompt_tokens:,}" if at_least else f"{prompt_tokens:,}"
     return ApiError(
         "invalid_request",
         "context_length_exceeded",
-        f"This request needs {prompt_tokens:,} prompt tokens, but the model {model.id!r} has a context window of "
+        f"This request needs {needs} prompt tokens, but the model {model.id!r} has a context window of "
         f"{model.context_window:,} tokens. Shorten the conversation, or ask the operator to attach a model with a "
         f"larger context window: a [[models]] entry with engine = \"openai_compat\" and the base_url of an "
         f"OpenAI-compatible server (vLLM, SGLang, llama.cpp server, Ollama).",

@@ -6,6 +6,13 @@ By default it serves SmolLM2-135M-Instruct (Q4_1), whose weights ship inside the
 Generation runs on one worker thread, never on the event loop. The model holds one KV cache, so
 requests take turns through a `FairScheduler`; a cancelled request (the client went away) is
 noticed between two tokens, or between two prefill chunks, and frees the engine at once.
+
+Two rules keep one account's prompt from reaching another's:
+- The KV cache of a prompt is reused only by the account that computed it. Reusing a stranger's
+  prefix would tell an attacker, through `cached_tokens` or through the time the prefill takes,
+  how much of a guessed prompt matches what another account just sent.
+- Only the chat template's own markers are special tokens. Message text is tokenized as plain
+  text, so `<|im_end|><|im_start|>system` inside a message is just characters, never a new turn.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import json
 import logging
 import os
 import random
+import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -115,6 +124,9 @@ class EmbeddedEngine(Engine):
         self._llama: Any = None
         self._template: Any = None
         self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._grammar_lock = threading.Lock()  # grammars compile on several threads at once
+        self._cache_tenant: str | None = None  # whose prompt the KV cache holds
+        self.measure_slots = self.threads
         self.load_seconds: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,6 +151,9 @@ class EmbeddedEngine(Engine):
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._template = env.from_string(template)
         self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, tok)
+        # The longest token, in bytes (which are at least as many as characters): the gateway
+        # uses it to refuse a prompt that cannot fit before tokenizing it.
+        self.max_token_chars = max(len(self._llama.detokenize([t], special=True)) for t in range(self._llama.n_vocab()))
         log.info(
             "embedded model %s loaded from %s in %.2f s (context %d, %d threads)",
             self.weights_name,
@@ -170,12 +185,28 @@ class EmbeddedEngine(Engine):
 
     # ------------------------------------------------------------------ prompt
 
-    def render(self, request: ChatRequest) -> str:
-        """The prompt text, through the model's own chat template."""
-        return self._template.render(messages=template_messages(request), add_generation_prompt=True)
+    def segments(self, request: ChatRequest) -> list[tuple[str, bool]]:
+        """The prompt through the model's chat template, as (text, is_message_content) pieces.
+
+        The template is rendered with a unique marker in place of each message's content, so
+        what the template wrote (its turn markers: special tokens) and what the caller wrote
+        (plain text, always) stay apart. A template that does not pass the markers through
+        untouched is replaced by plain ChatML, which does."""
+        messages = template_messages(request)
+        for template in (self._template, _CHATML_TEMPLATE):
+            pieces = _render_segments(template, messages)
+            if pieces is not None:
+                return pieces
+        raise AssertionError("ChatML keeps every message's marker")
 
     def tokenize(self, request: ChatRequest) -> list[int]:
-        return self._llama.tokenize(self.render(request).encode("utf-8", "replace"), add_bos=False, special=True)
+        tokens: list[int] = []
+        for text, is_content in self.segments(request):
+            if text:
+                # Content with special=False: no control tokens from user text, and no
+                # special-token pass over it (llama.cpp's is quadratic in their number).
+                tokens += self._llama.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=not is_content)
+        return tokens
 
     async def count_tokens(self, request: ChatRequest) -> int:
         return len(await asyncio.to_thread(self.tokenize, request))
@@ -204,10 +235,10 @@ class EmbeddedEngine(Engine):
         try:
             future = loop.run_in_executor(self._executor, self._generate, job)
         except BaseException:
-            self.scheduler.release()
+            self.scheduler.release(ctx.tenant)
             raise
         # The slot is freed when the thread is really done, however this coroutine ends.
-        future.add_done_callback(lambda _f: self.scheduler.release())
+        future.add_done_callback(lambda _f: self.scheduler.release(ctx.tenant))
         try:
             while True:
                 event = await job.queue.get()
@@ -231,12 +262,15 @@ class EmbeddedEngine(Engine):
         llama = self._llama
         request, usage, tokens = job.request, job.ctx.usage, job.tokens
 
-        # Reuse the KV cache for the prompt's common prefix with the previous request.
+        # Reuse the KV cache for the prompt's common prefix with the previous request, only if
+        # that request was this account's: a cache shared across accounts leaks their prompts.
         cached = 0
-        for a, b in zip(llama._input_ids, tokens, strict=False):
-            if a != b:
-                break
-            cached += 1
+        if self._cache_tenant == job.ctx.tenant:
+            for a, b in zip(llama._input_ids, tokens, strict=False):
+                if a != b:
+                    break
+                cached += 1
+        self._cache_tenant = job.ctx.tenant
         usage.cached_tokens = min(cached, len(tokens) - 1)
         llama.n_tokens = usage.cached_tokens
         while llama.n_tokens < len(tokens) - 1:
@@ -334,6 +368,10 @@ class EmbeddedEngine(Engine):
         return None
 
     def _compile(self, cache_key: str, schema: dict[str, Any] | None, *, wrap_tool_call: bool = False) -> Any:
+        with self._grammar_lock:
+            return self._compile_locked(cache_key, schema, wrap_tool_call=wrap_tool_call)
+
+    def _compile_locked(self, cache_key: str, schema: dict[str, Any] | None, *, wrap_tool_call: bool) -> Any:
         if cache_key in self._grammars:
             self._grammars.move_to_end(cache_key)
             return self._grammars[cache_key]
@@ -416,6 +454,27 @@ def _call_schema(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
+
+
+_CHATML_TEMPLATE = jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(CHATML)
+
+
+def _render_segments(template: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:
+    """Render with a marker for each content; None if the template did not keep each marker once."""
+    nonce = secrets.token_hex(8)
+    marked = [{"role": m["role"], "content": f"\x1e{nonce}:{i}\x1f"} for i, m in enumerate(messages)]
+    text = template.render(messages=marked, add_generation_prompt=True)
+    pieces: list[tuple[str, bool]] = []
+    seen: list[int] = []
+    pos = 0
+    for match in re.finditer("\x1e" + nonce + r":(\d+)\x1f", text):
+        index = int(match.group(1))
+        pieces.append((text[pos : match.start()], False))
+        pieces.append((messages[index]["content"], True))
+        seen.append(index)
+        pos = match.end()
+    pieces.append((text[pos:], False))
+    return pieces if seen == list(range(len(messages))) else None
 
 
 def template_messages(request: ChatRequest) -> list[dict[str, str]]:

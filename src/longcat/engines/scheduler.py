@@ -1,8 +1,11 @@
-"""Fair admission to an engine that runs one generation at a time.
+"""Fair admission to a limited resource: an engine's generation slots, or its tokenizer.
 
 Waiting requests are grouped by tenant (account) and served round-robin across tenants, first
 come first served within one, so an account that fires fifty requests cannot starve another
-that sends one. A bounded queue turns overload into a quick 503 instead of an unbounded wait.
+that sends one. `per_tenant` caps how many slots one tenant may hold at once, even when others
+are free. A bounded queue turns overload into a quick 503 instead of an unbounded wait.
+
+State is kept only for tenants that hold or wait for a slot, so it never outgrows the load.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from longcat.canonical import ApiError
 
 
 class FairScheduler:
-    def __init__(self, slots: int = 1, max_waiting: int = 64) -> None:
+    def __init__(self, slots: int = 1, max_waiting: int = 64, per_tenant: int = 0) -> None:
         self.slots = slots
         self.max_waiting = max_waiting
+        self.per_tenant = per_tenant  # 0: no cap per tenant
         self._busy = 0
+        self._running: dict[str, int] = {}
         self._queues: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
 
     @property
@@ -28,9 +33,23 @@ class FairScheduler:
     def busy(self) -> int:
         return self._busy
 
+    @property
+    def tenants(self) -> int:
+        """Tenants holding or waiting for a slot (what the scheduler keeps state for)."""
+        return len(self._running.keys() | self._queues.keys())
+
+    def _room(self, tenant: str) -> bool:
+        return self._busy < self.slots and (not self.per_tenant or self._running.get(tenant, 0) < self.per_tenant)
+
+    def _grant(self, tenant: str) -> None:
+        self._busy += 1
+        self._running[tenant] = self._running.get(tenant, 0) + 1
+
     async def acquire(self, tenant: str) -> None:
-        if self._busy < self.slots and not self.waiting:
-            self._busy += 1
+        # After every change no waiter that could run is left waiting (see `_dispatch`), so a
+        # free slot here jumps nobody's turn.
+        if self._room(tenant):
+            self._grant(tenant)
             return
         if self.waiting >= self.max_waiting:
             raise ApiError(
@@ -46,7 +65,7 @@ class FairScheduler:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 # The slot was handed to us just as we were cancelled: pass it on.
-                self.release()
+                self.release(tenant)
             else:
                 queue = self._queues.get(tenant)
                 if queue is not None and fut in queue:
@@ -55,17 +74,25 @@ class FairScheduler:
                         del self._queues[tenant]
             raise
 
-    def release(self) -> None:
-        """Free a slot and hand it to the next tenant in rotation that has a live waiter."""
+    def release(self, tenant: str) -> None:
+        """Free `tenant`'s slot and hand it to the next tenant in rotation that may take one."""
         self._busy -= 1
-        while self._queues:
-            tenant, queue = next(iter(self._queues.items()))
-            fut = queue.popleft()
-            # Rotate: this tenant goes to the back of the line.
-            del self._queues[tenant]
-            if queue:
-                self._queues[tenant] = queue
-            if not fut.done():
-                self._busy += 1
-                fut.set_result(None)
+        held = self._running.get(tenant, 0) - 1
+        if held > 0:
+            self._running[tenant] = held
+        else:
+            self._running.pop(tenant, None)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._busy < self.slots:
+            chosen = next((t for t in self._queues if self._room(t)), None)
+            if chosen is None:
                 return
+            queue = self._queues.pop(chosen)
+            fut = queue.popleft()
+            if queue:
+                self._queues[chosen] = queue  # rotate: this tenant goes to the back of the line
+            if not fut.done():
+                self._grant(chosen)
+                fut.set_result(None)

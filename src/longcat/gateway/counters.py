@@ -79,9 +79,6 @@ class Counters(Protocol):
     async def release(self, buckets: list[Bucket], slot_keys: list[str], lease: str, now: float) -> None:
         """Charge deferred costs (e.g. output tokens) to buckets and give the leases back."""
 
-    async def peek(self, buckets: list[Bucket], now: float) -> float:
-        """What `acquire` would answer for these buckets, changing nothing (a cheap early check)."""
-
     async def quota_reserve(
         self, key: str, seed: QuotaSeed, base: int, prompt: int, max_out: int, lease: str, now: float, ttl: float
     ) -> Reserved: ...
@@ -144,9 +141,6 @@ class MemoryCounters:
         for s in slots:
             self._slots[s.key].add(lease)
         return 0.0
-
-    async def peek(self, buckets: list[Bucket], now: float) -> float:
-        return max((gcra(self._tats.get(b.key, 0.0), now, b.limit, b.cost)[1] for b in buckets), default=0.0)
 
     async def release(self, buckets: list[Bucket], slot_keys: list[str], lease: str, now: float) -> None:
         for b in buckets:
@@ -358,12 +352,6 @@ class RedisCounters:
             args += [b.limit, repr(float(b.cost))]
         args += [s.limit for s in slots]
         return float(await self._acquire(keys=keys, args=args))
-
-    async def peek(self, buckets: list[Bucket], now: float) -> float:
-        if not buckets:
-            return 0.0
-        tats = await self.redis.mget([self._k(b.key) for b in buckets])
-        return max(gcra(float(t or 0.0), now, b.limit, b.cost)[1] for b, t in zip(buckets, tats, strict=True))
 
     async def release(self, buckets: list[Bucket], slot_keys: list[str], lease: str, now: float) -> None:
         keys = [self._k(b.key) for b in buckets] + [self._k(k) for k in slot_keys]

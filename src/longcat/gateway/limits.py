@@ -86,17 +86,9 @@ class RateLimiter:
             out.append(Slots(f"conc:a:{permit.account_id}", permit.account.concurrency))
         return out
 
-    async def precheck(self, owner: KeyOwner, now: float) -> None:
-        """Refuse early a request its request-per-minute limits would refuse anyway, before the
-        server spends time reading its prompt. Takes nothing; `acquire` still decides."""
-        key, account = self.limits_for(owner)
-        permit = Permit("", key, account, owner.key_id, owner.account_id)
-        wait = await self.counters.peek([b for b in self._buckets(permit, 1, 0) if b.key.startswith("rpm:")], now)
-        if wait > 0:
-            raise rate_limited(wait)
-
     async def charge_request(self, owner: KeyOwner, now: float) -> None:
-        """Count a request that uses no engine (e.g. token counting) against the request limits."""
+        """Count a request against the request-per-minute limits of its key and account, first
+        thing after authentication and before any costly work; a 429 takes nothing."""
         key, account = self.limits_for(owner)
         permit = Permit("", key, account, owner.key_id, owner.account_id)
         buckets = [b for b in self._buckets(permit, 1, 0) if b.key.startswith("rpm:")]
@@ -111,9 +103,10 @@ class RateLimiter:
         return Permit(lease, key, account, owner.key_id, owner.account_id)
 
     async def take(self, permit: Permit, prompt_tokens: int, now: float) -> None:
-        """All of the permit's limits at once, or a 429 having taken nothing."""
+        """The permit's token and concurrency limits at once (its request was charged when it
+        was authenticated), or a 429 having taken nothing."""
         wait = await self.counters.acquire(
-            self._buckets(permit, 1, prompt_tokens), self._slots(permit), permit.lease, now, self.settings.lease_seconds
+            self._buckets(permit, 0, prompt_tokens), self._slots(permit), permit.lease, now, self.settings.lease_seconds
         )
         if wait > 0:
             raise rate_limited(wait)

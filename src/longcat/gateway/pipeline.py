@@ -1,8 +1,12 @@
 """One request through the gateway: admit it, stream the engine's events, settle its usage.
 
-`admit` checks the request against the model (no side effects, so a request that is never
-streamed leaks nothing). `events` takes the rate-limit permit and the quota reservation as its
-first step, runs the engine, and settles exactly once however the stream ends.
+`authenticate` finds the key's owner and charges the request to its requests-per-minute limits
+at once, before the body is read, parsed or tokenized: a refused or malformed request costs its
+sender a request like any other, and flooding the server with them meets 429 early. `admit`
+checks the request against the model: a prompt whose length alone cannot fit is refused before
+it is tokenized, and tokenizing waits its turn at a fair gate (per engine and per account).
+`events` takes the rest of the rate-limit permit and the quota reservation as its first step,
+runs the engine, and settles exactly once however the stream ends.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish
 from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
+from longcat.engines.scheduler import FairScheduler
 from longcat.gateway.auth import authenticate
 from longcat.gateway.clock import SystemClock, beijing_day
 from longcat.gateway.counters import Counters, MemoryCounters
@@ -84,6 +89,7 @@ class Gateway:
         self._draining = False  # a shutdown was asked for
         self._ending = False  # its grace period is over: requests still running are ended
         self._drainer: asyncio.Task | None = None
+        self._gates: dict[str, FairScheduler] = {}  # per model: prompts being tokenized
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -125,7 +131,40 @@ class Gateway:
         await self.counters.close()
 
     async def authenticate(self, headers: Mapping[str, str]) -> KeyOwner:
-        return await authenticate(self.accounts, headers)
+        """The key's owner, with this request already charged to its request limits (429 if
+        over them): every authenticated request counts, whatever becomes of it later."""
+        owner = await authenticate(self.accounts, headers)
+        await self.limiter.charge_request(owner, self.clock.now())
+        return owner
+
+    async def count_tokens(self, owner: KeyOwner, request: ChatRequest) -> int:
+        """The prompt's tokens with the serving engine's tokenizer, through the same gate."""
+        model, engine = self.catalog.route(request.model)
+        return await self._tokenize(model, engine, request, str(owner.account_id), lambda: engine.count_tokens(request))
+
+    async def _tokenize(self, model: ModelConfig, engine: Engine, request: ChatRequest, tenant: str, count):
+        """Run `count()` (a tokenization) for `tenant`: refused at once if the prompt's length
+        alone cannot fit the context, else when the engine's tokenizer gate lets it in."""
+        if engine.max_token_chars:
+            at_least = request.text_chars() // engine.max_token_chars
+            if at_least >= model.context_window:
+                raise context_exceeded(model, at_least, at_least=True)
+        gate = self._gate(model, engine)
+        await gate.acquire(tenant)
+        try:
+            return await count()
+        finally:
+            gate.release(tenant)
+
+    def _gate(self, model: ModelConfig, engine: Engine) -> FairScheduler:
+        gate = self._gates.get(model.id)
+        if gate is None:
+            gate = self._gates[model.id] = FairScheduler(
+                slots=max(1, engine.measure_slots),
+                max_waiting=self.settings.engine_queue_limit,
+                per_tenant=self.settings.account_tokenize_concurrency,
+            )
+        return gate
 
     async def admit(self, owner: KeyOwner, request: ChatRequest, endpoint: str) -> Call:
         """Check the request against the model's real limits; raises `ApiError` (never billed)."""
@@ -139,10 +178,8 @@ class Gateway:
                 f"The model {model.id!r} does not accept images; send text only.",
                 param="messages",
             )
-        # A request its limits refuse anyway should not cost a tokenization of its prompt.
-        await self.limiter.precheck(owner, self.clock.now())
         ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id))
-        await engine.measure(request, ctx)
+        await self._tokenize(model, engine, request, ctx.tenant, lambda: engine.measure(request, ctx))
         # A prompt that does not fit is the error to report first: a smaller max_tokens cannot fix it.
         if ctx.prompt_tokens >= model.context_window:
             raise context_exceeded(model, ctx.prompt_tokens)
