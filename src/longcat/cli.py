@@ -229,9 +229,8 @@ def _cmd_set_limits(scope: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from longcat.app import create_app
+    from longcat.serving import build_server
 
     settings = _settings(args, host=args.host, port=args.port)
     configure_logging(settings.log_level)
@@ -239,39 +238,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     first = _with_store(settings, bootstrap)
     print_banner(settings, first)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        # The gateway ends what outlives the grace period itself, with a proper error event;
-        # uvicorn's own cut-off comes a little later, as a last resort.
-        timeout_graceful_shutdown=settings.shutdown_grace + 3,
-        lifespan="on",
-    )
-    server = _server_class()(config, on_exit=lambda: app.state.gateway.request_shutdown(settings.shutdown_grace))
-    server.run()
+    build_server(app, settings, on_exit=lambda: app.state.gateway.request_shutdown(settings.shutdown_grace)).run()
     return 0
-
-
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown, so the process would die
-        of the signal; a clean stop should exit with status 0."""
-
-        def __init__(self, config, on_exit) -> None:
-            super().__init__(config)
-            self.on_exit = on_exit
-
-        def handle_exit(self, sig, frame) -> None:
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
-            self.on_exit()
-
-    return Server
 
 
 async def bootstrap(store: AccountStore) -> tuple[str, str] | None:
