@@ -67,12 +67,7 @@ def server(tmp_path_factory):
 
 def new_key(server, **limits) -> tuple[str, str]:
     email = f"u{uuid.uuid4().hex[:10]}@example.com"
-    key = server.new_key(email)
-    if limits:
-        key_id = cli(server.data_dir, "keys", "list", email, config=server.config).stdout.splitlines()[1].split()[0]
-        flags = [x for name, value in limits.items() for x in (f"--{name}", str(value))]
-        cli(server.data_dir, "keys", "set-limits", key_id, *flags, config=server.config)
-    return email, key
+    return email, server.new_key(email, **limits)
 
 
 def chat(server, key, text="one two three", **extra) -> httpx.Response:

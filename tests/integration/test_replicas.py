@@ -66,11 +66,7 @@ def replicas(tmp_path_factory):
 
 def new_account(server: Server, **limits) -> tuple[str, str]:
     email = f"r{uuid.uuid4().hex[:10]}@example.com"
-    key = server.new_key(email)
-    if limits:
-        key_id = server.cli("keys", "list", email).stdout.splitlines()[1].split()[0]
-        server.cli("keys", "set-limits", key_id, *[x for k, v in limits.items() for x in (f"--{k}", str(v))])
-    return email, key
+    return email, server.new_key(email, **limits)
 
 
 def chat(server: Server, key: str, text: str = "hello there", model: str = "mock-echo") -> httpx.Response:

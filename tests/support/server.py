@@ -109,10 +109,15 @@ class Server:
         """Run the CLI against this server's data dir, config and environment."""
         return cli(self.data_dir, *args, config=self.config, check=check, input=input, env=self.env)
 
-    def new_key(self, email: str, name: str = "test") -> str:
+    def new_key(self, email: str, name: str = "test", **limits: int) -> str:
+        """A new key for `email` (created if need be), with `limits` (rpm=, tpm=, concurrency=)."""
         if self.cli("keys", "list", email, check=False).returncode != 0:
             self.cli("users", "create", email)
-        return self.cli("keys", "create", email, "--name", name).stdout.strip().splitlines()[-1]
+        key = self.cli("keys", "create", email, "--name", name).stdout.strip().splitlines()[-1]
+        if limits:
+            key_id = self.cli("keys", "list", email).stdout.splitlines()[-1].split()[0]
+            self.cli("keys", "set-limits", key_id, *[x for k, v in limits.items() for x in (f"--{k}", str(v))])
+        return key
 
 
 @contextmanager
