@@ -163,6 +163,17 @@ class ChatRequest:
         return False
 
 
+@dataclass(slots=True)
+class Sampling:
+    """The sampling values an engine really generates a request's reply with (some formats report
+    them). `None` where the engine cannot know: an upstream server applies its own default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
 # --------------------------------------------------------------------------- events
 
 FinishReason = Literal["stop", "length", "tool_calls", "stop_sequence", "content_filter", "error"]

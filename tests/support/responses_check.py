@@ -1,7 +1,8 @@
 """Strict checks of what the Responses API emits: every event and every response object is
 validated against the installed `openai` SDK's own types (strict mode, and no field the type
-does not know), and a stream's events must fit together: one sequence, consistent item ids and
-indexes, deltas that add up to their `.done` values, and exactly one terminal event."""
+does not know) and against the Open Responses specification (tests/support/open_responses.py),
+and a stream's events must fit together: one sequence, consistent item ids and indexes, deltas
+that add up to their `.done` values, and exactly one terminal event."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
+from tests.support import open_responses
 from tests.support.wire import parse_sse
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -28,14 +30,25 @@ PLATFORM_CODES = {
     "overloaded",
 }
 
+# Fields Open Responses requires of the response object that the SDK's `Response` type does not
+# define (the SDK keeps them as extras); open_responses checks their types.
+SPEC_ONLY_FIELDS = frozenset({"presence_penalty", "frequency_penalty", "store"})
+# What the platform sends in the SDK's terms, outside the specification, and the specification
+# checks leave aside: reasoning text events under the SDK's (and Codex's) names, which the
+# specification calls `response.reasoning.delta` / `.done`, and the echo of `namespace` tools,
+# which only clients that send them (Codex) get back.
+SDK_ONLY_EVENTS = frozenset({"response.reasoning_text.delta", "response.reasoning_text.done"})
+SDK_ONLY_TOOLS = frozenset({"namespace"})
+
 _EVENT = TypeAdapter(ResponseStreamEvent)
 _RESPONSE = TypeAdapter(Response)
 
 
 def _no_extras(value: Any, path: str = "$") -> None:
-    """The SDK's models accept unknown fields; the platform must not send any."""
+    """The SDK's models accept unknown fields; the platform must not send any but those the
+    specification requires."""
     if isinstance(value, BaseModel):
-        extra = value.__pydantic_extra__ or {}
+        extra = set(value.__pydantic_extra__ or {}) - (SPEC_ONLY_FIELDS if isinstance(value, Response) else set())
         assert not extra, f"{path}: fields the SDK type {type(value).__name__} does not define: {sorted(extra)}"
         for name in type(value).model_fields:
             _no_extras(getattr(value, name), f"{path}.{name}")
@@ -55,7 +68,18 @@ def _sdk_codes(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _spec_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """A response object (or an event carrying one) without the SDK-only tools."""
+    if isinstance(obj.get("response"), dict):
+        return dict(obj, response=_spec_view(obj["response"]))
+    tools = obj.get("tools")
+    if isinstance(tools, list):
+        obj = dict(obj, tools=[t for t in tools if not (isinstance(t, dict) and t.get("type") in SDK_ONLY_TOOLS)])
+    return obj
+
+
 def check_response(body: dict[str, Any]) -> Response:
+    open_responses.check_response(_spec_view(body))
     model = _RESPONSE.validate_python(_sdk_codes(body), strict=True)
     _no_extras(model)
     assert body["object"] == "response" and body["id"].startswith("resp_")
@@ -66,6 +90,8 @@ def check_response(body: dict[str, Any]) -> Response:
 
 
 def check_event(event: dict[str, Any]) -> Any:
+    if event.get("type") not in SDK_ONLY_EVENTS:
+        open_responses.check_event(_spec_view(event))
     if event.get("type") in TERMINAL or event.get("type") in ("response.created", "response.in_progress"):
         check_response(event["response"])
         event = dict(event, response=_sdk_codes(event["response"]))

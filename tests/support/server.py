@@ -213,6 +213,13 @@ engine = "mock"
 context_window = 1048576
 max_output = 131072
 fail_after_tokens = 3
+
+[[models]]
+id = "mock-vision"
+engine = "mock"
+context_window = 1048576
+max_output = 131072
+vision = true
 """
 
 EMBEDDED_CATALOG = """

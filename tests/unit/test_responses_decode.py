@@ -205,7 +205,10 @@ def test_sampling_and_format_fields():
     chat = req.chat
     assert (chat.max_tokens, chat.temperature, chat.top_p, chat.stream) == (50, 0.2, 0.9, True)
     assert chat.response_format.type == "json_schema" and chat.response_format.schema == schema
-    assert req.text["format"] == {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}
+    assert req.text["format"] == {"type": "json_schema", "name": "thing", "description": None, "schema": schema, "strict": True}
+    # The specification requires `description` and `strict` in the echo: null and false when not sent.
+    bare = decode(body(text={"format": {"type": "json_schema", "schema": schema}})).text["format"]
+    assert (bare["name"], bare["description"], bare["strict"]) == ("response", None, False)
     assert req.metadata == {"k": "v"} and req.store is False and req.include == ["reasoning.encrypted_content"]
     assert chat.extras["prompt_cache_key"] == "pk"
 
@@ -228,6 +231,8 @@ def test_sampling_and_format_fields():
         ({"tool_choice": {"type": "function", "name": "missing"}}, "tool_choice"),
         ({"tool_choice": "sometimes"}, "tool_choice"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"max_tool_calls": 0}, "max_tool_calls"),
+        ({"max_tool_calls": "2"}, "max_tool_calls"),
         ({"temperature": 3}, "temperature"),
         ({"top_p": -1}, "top_p"),
         ({"text": {"format": {"type": "json_schema"}}}, "text.format.schema"),

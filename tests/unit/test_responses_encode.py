@@ -14,6 +14,7 @@ from longcat.canonical import (
     ApiError,
     Error,
     Finish,
+    Sampling,
     TextDelta,
     ThinkingDelta,
     ToolCallDelta,
@@ -21,7 +22,8 @@ from longcat.canonical import (
     ToolCallStart,
     Usage,
 )
-from longcat.protocols.openai_responses import ResponseEncoder, decode, unseal_reasoning
+from longcat.protocols.openai_responses import ResponseEncoder, decode, in_responses_terms, unseal_reasoning
+from tests.support import open_responses
 from tests.support.responses_check import check_response, check_stream, output_text
 
 TOOLS = [
@@ -150,6 +152,67 @@ def test_response_object_echoes_the_request():
     assert [t["type"] for t in body["tools"]] == ["function", "namespace"]
 
 
+def test_every_snapshot_carries_the_fields_the_specification_requires():
+    enc = ResponseEncoder(decode({"model": "m", "input": "hi", "store": False, "max_tool_calls": 3}))
+    events = run(enc, [TextDelta("x"), Finish("stop")])
+    created, in_progress, final = events[0]["response"], events[1]["response"], events[-1]["response"]
+    for snapshot in (created, in_progress, final):
+        open_responses.check_response(snapshot)
+        assert snapshot["store"] is False and snapshot["max_tool_calls"] == 3
+        assert (snapshot["presence_penalty"], snapshot["frequency_penalty"], snapshot["top_logprobs"]) == (0, 0, 0)
+    # Present from the start, null until the response completes.
+    assert created["completed_at"] is None and in_progress["completed_at"] is None
+    assert isinstance(final["completed_at"], int) and final["completed_at"] >= final["created_at"]
+
+
+@pytest.mark.parametrize("ending", [[Finish("length")], [Error(ApiError("upstream", "upstream_error", "x"))]])
+def test_a_response_that_did_not_complete_has_no_completed_at(ending):
+    final = check_stream(run(encoder(), [TextDelta("x"), *ending]))
+    assert final["status"] in ("incomplete", "failed") and final["completed_at"] is None
+
+
+def test_sampling_values_are_the_engines_then_the_requests_then_the_defaults():
+    def reported(sampling=None, **fields):
+        body = ResponseEncoder(decode({"model": "m", "input": "hi", **fields}), sampling=sampling).response
+        return tuple(body[k] for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty"))
+
+    # What the engine says it samples with wins: it has applied its defaults (or capped a value).
+    assert reported(Sampling(0.7, 0.95, 0.0, 0.0)) == (0.7, 0.95, 0.0, 0.0)
+    assert reported(Sampling(1.0, 0.5, 0.2, 0.1), temperature=1.7) == (1.0, 0.5, 0.2, 0.1)
+    # No engine (a request refused before one ran): the request's own values.
+    assert reported(temperature=0.3, top_p=0.8) == (0.3, 0.8, 0.0, 0.0)
+    # What nobody names (an upstream's own default) is reported as OpenAI's defaults.
+    assert reported(Sampling()) == (1.0, 1.0, 0.0, 0.0)
+    assert reported(Sampling(), temperature=0.3) == (1.0, 1.0, 0.0, 0.0)
+
+
+def test_calls_beyond_max_tool_calls_are_dropped():
+    calls = []
+    for i in range(3):
+        calls += [ToolCallStart(i, f"call_{i}", "Bash"), ToolCallDelta(i, '{"command": "ls"}'), ToolCallEnd(i)]
+    final = check_stream(run(encoder(max_tool_calls=2), [*calls, Usage(3, 9), Finish("tool_calls")]))
+    assert [item["call_id"] for item in final["output"]] == ["call_0", "call_1"]
+    assert final["max_tool_calls"] == 2 and final["status"] == "completed"
+    assert len(check_stream(run(encoder(), [*calls, Finish("tool_calls")]))["output"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("param", "message", "expected_param", "expected_message"),
+    [
+        ("messages", "The model 'm' does not accept images; send text only.", "input", None),
+        ("response_format", "the JSON schema cannot be enforced", "text.format", None),
+        ("max_tokens", "max_tokens is 9 but at most 5", "max_output_tokens", "max_output_tokens is 9 but at most 5"),
+        ("tools", "too deep", "tools", None),
+    ],
+)
+def test_errors_name_the_responses_field(param, message, expected_param, expected_message):
+    err = in_responses_terms(ApiError("invalid_request", "invalid_parameter", message, param=param))
+    assert err.param == expected_param and err.message == (expected_message or message)
+    # A stream that fails on it says the same in its `error`.
+    events = encoder().refuse(ApiError("invalid_request", "context_length_exceeded", "too long", param=param))
+    assert check_stream(events)["error"]["param"] == expected_param
+
+
 _piece = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=5)
 _event = st.one_of(
     st.builds(TextDelta, _piece),
@@ -193,8 +256,36 @@ def test_the_checker_itself_rejects_what_the_sdk_does_not_define():
         lambda ev: ev[4].update(item_id="msg_other"),  # a delta for another item
         lambda ev: ev[-1]["response"].update(status="done"),  # not a status the SDK knows
         lambda ev: ev.pop(),  # no terminal event
+        # What the specification requires though the SDK's types let it pass:
+        lambda ev: ev[0]["response"].pop("completed_at"),
+        lambda ev: ev[-1]["response"].update(temperature=None),
+        lambda ev: ev[-1]["response"].pop("store"),
+        lambda ev: ev[-1]["response"].update(top_logprobs=0.5),
+        lambda ev: ev[-1]["response"]["text"]["format"].update(type="yaml"),
     ):
         events = copy.deepcopy(good)
         tamper(events)
         with pytest.raises((AssertionError, ValueError)):
             check_stream(events)
+
+
+def test_the_specification_checks_name_every_problem():
+    events = run(ResponseEncoder(decode({"model": "m", "input": "hi", "tools": TOOLS[:1]})), [TextDelta("x"), Finish("stop")])
+    body = copy.deepcopy(events[-1]["response"])
+    assert open_responses.response_problems(body) == []
+    del body["store"], body["tools"]
+    body.update(temperature=None, completed_at="soon", usage=dict(body["usage"], total_tokens=True))
+    body["output"][0]["content"][0]["logprobs"] = [{"token": "x"}]
+    problems = open_responses.response_problems(body)
+    for expected in (
+        "the required field 'store' is missing",
+        "the required field 'tools' is missing",
+        "response.temperature: must be a number, got null",
+        'response.completed_at: must be an integer, got "soon"',
+        "response.usage.total_tokens: must be an integer, got true",
+        "response.output[0].content[0].logprobs[0]: the required field 'logprob' is missing",
+    ):
+        assert any(expected in p for p in problems), (expected, problems)
+    assert open_responses.event_problems({"type": "response.reasoning_text.delta", "sequence_number": 1})
+    assert open_responses.event_problems(dict(events[4], delta=None))  # an output_text.delta
+    assert open_responses.event_problems(events[4]) == []

@@ -36,12 +36,9 @@ def _store(request: Request) -> ResponseStore:
     return ResponseStore(request.app.state.db)
 
 
-def _in_responses_terms(err: ApiError) -> ApiError:
-    """The gateway names the output limit `max_tokens`; this format calls it `max_output_tokens`."""
-    if err.param == "max_tokens":
-        err.param = "max_output_tokens"
-        err.message = err.message.replace("max_tokens", "max_output_tokens")
-    return err
+def _error(err: ApiError) -> Response:
+    """The OpenAI error body, naming the request field as this format does."""
+    return openai_error(openai_responses.in_responses_terms(err))
 
 
 async def create_response(request: Request) -> Response:
@@ -54,24 +51,26 @@ async def create_response(request: Request) -> Response:
         history = await _history(store, owner, openai_responses.previous_response_id(body))
         decoded = openai_responses.decode(body, history)
         call = await until_disconnect(request.receive, gateway.admit(owner, decoded.chat, endpoint="responses"))
+        # The response object reports the sampling values the engine really uses.
+        sampling = call.engine.sampling(call.request)
     except Disconnected:
         return Response(status_code=499)
     except ApiError as err:
-        err = _in_responses_terms(err)
+        err = openai_responses.in_responses_terms(err)
         if decoded is not None and decoded.chat.stream and err.code == CONTEXT_EXCEEDED:
-            return EventStream(_refusal(ResponseEncoder(decoded), err), openai_error)  # type: ignore[return-value]
-        return openai_error(err)
+            return EventStream(_refusal(ResponseEncoder(decoded), err), _error)  # type: ignore[return-value]
+        return _error(err)
 
     headers = {"x-request-id": call.ctx.request_id}
-    encoder = ResponseEncoder(decoded, live_usage=call.ctx.usage)
+    encoder = ResponseEncoder(decoded, live_usage=call.ctx.usage, sampling=sampling)
     save = _saver(store, owner, decoded) if decoded.store else None
     if decoded.chat.stream:
-        return EventStream(_frames(gateway.events(call), encoder, save), openai_error, headers)  # type: ignore[return-value]
+        return EventStream(_frames(gateway.events(call), encoder, save), _error, headers)  # type: ignore[return-value]
 
     try:
         result = await until_disconnect(request.receive, _collect(gateway.events(call), encoder))
     except ApiError as err:
-        return openai_error(err)
+        return _error(err)
     except Disconnected:
         return Response(status_code=499)
     if save is not None:

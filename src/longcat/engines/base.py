@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from longcat.canonical import ApiError, ChatRequest, Event, Usage
+from longcat.canonical import ApiError, ChatRequest, Event, Sampling, Usage
 from longcat.config import ModelConfig
 
 
@@ -64,6 +64,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[Event]:
         """Yield events ending in `Usage` then `Finish` (or an `Error`)."""
+
+    def sampling(self, request: ChatRequest) -> Sampling:
+        """The sampling values `stream` will use for `request`: by default the request's own, and
+        `None` (unknown) for what it leaves out. Engines that pick their own defaults say so."""
+        return Sampling(request.temperature, request.top_p)
 
 
 class StopMatcher:

