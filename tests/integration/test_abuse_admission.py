@@ -93,7 +93,7 @@ def test_huge_prompts_are_refused_cheaply_while_the_server_stays_responsive(embe
     done.set()
     watcher.join(10)
     cpu = _cpu_seconds(pid) - cpu_before
-    time.sleep(1)
+    time.sleep(2.5)  # the server hands freed memory back a moment after the last large body
     rss_after = _rss_mb(pid)
 
     assert [r.status_code for r in results] == [400] * 4
@@ -103,7 +103,7 @@ def test_huge_prompts_are_refused_cheaply_while_the_server_stays_responsive(embe
           f"health max {max(health_ms):.0f} ms over {len(health_ms)} probes")
     assert cpu < 10, cpu
     assert peak[0] - rss_before < 1200, (rss_before, peak[0])
-    assert rss_after - rss_before < 150, (rss_before, rss_after)
+    assert rss_after - rss_before < 100, (rss_before, rss_after)
     assert sorted(health_ms)[int(len(health_ms) * 0.95)] < 100, sorted(health_ms)[-10:]
 
     # The server is itself again: a small request goes straight through.

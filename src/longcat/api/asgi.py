@@ -12,6 +12,7 @@ uploads can neither fill the memory nor stall everyone else's requests.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +29,15 @@ from longcat.protocols.fields import parse_json_object
 MAX_BODY_BYTES = 32 * 1024 * 1024
 LARGE_BODY_BYTES = 1024 * 1024  # bodies above this take one of few "large body" slots
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed on a worker thread
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to trim
+
+
+_malloc_trim = _load_malloc_trim()
 
 T = TypeVar("T")
 _END = object()
@@ -53,6 +63,7 @@ class BodyReader:
         self.max_bytes = max_bytes
         # Memory for bodies in flight stays near `large_at_once` x `max_bytes`, whatever the load.
         self.large = FairScheduler(slots=large_at_once, max_waiting=64, per_tenant=1)
+        self._trim: asyncio.TimerHandle | None = None
 
     def _too_large(self) -> ApiError:
         return ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {self.max_bytes // 2**20} MiB.")
@@ -90,6 +101,22 @@ class BodyReader:
         finally:
             if held:
                 self.large.release(tenant)
+                self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """Once no large body has been in flight for a moment, hand the freed memory back to the
+        system: glibc keeps the arenas of big parses otherwise, and the process stays bloated."""
+        if self._trim is not None or _malloc_trim is None:
+            return
+
+        def trim() -> None:
+            self._trim = None
+            if self.large.busy:
+                self._trim_soon()
+            else:
+                asyncio.get_running_loop().run_in_executor(None, _malloc_trim, 0)
+
+        self._trim = asyncio.get_running_loop().call_later(1.0, trim)
 
     async def _receive(self, request: Request) -> dict[str, Any]:
         try:
