@@ -286,7 +286,7 @@ def feedback(server, key, text, **extra) -> httpx.Response:
 def test_feedback_validity_rules(server):
     _, key = new_key(server)
     r = feedback(server, key, "too short")
-    assert r.status_code == 201 and r.json()["valid"] is False and "10 characters" in r.json()["reason"]
+    assert r.status_code == 201 and r.json()["valid"] is False and "10 visible characters" in r.json()["reason"]
     assert feedback(server, key, "The answer was helpful and correct.").json()["valid"] is True
     repeat = feedback(server, key, "  the ANSWER was helpful   and correct. ").json()
     assert repeat["valid"] is False and "repeats" in repeat["reason"]

@@ -182,6 +182,32 @@ def test_the_same_feedback_sent_to_two_replicas_at_once_counts_once(replicas):
     assert all("repeats" in r["reason"] for r in results if not r["valid"])
 
 
+def test_the_daily_feedback_limit_holds_exactly_on_two_replicas(replicas):
+    """Five accounts each send 20 different valid texts at once, spread over both replicas: each
+    gets exactly the daily limit (10) counted, never one more."""
+    a, b = replicas
+    keys = [new_account(a)[1] for _ in range(5)]
+
+    async def flood(key: str) -> list[dict]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            posts = [
+                client.post(
+                    (a, b)[i % 2].base_url + "/api/v1/feedback",
+                    json={"rating": 4, "category": "quality", "text": f"Distinct remark number {i} on the answers."},
+                )
+                for i in range(20)
+            ]
+            return [r.json() for r in await asyncio.gather(*posts)]
+
+    async def main() -> list[list[dict]]:
+        return await asyncio.gather(*(flood(k) for k in keys))
+
+    for results in asyncio.run(main()):
+        assert sum(r["valid"] for r in results) == 10
+        assert all("the most that count" in r["reason"] for r in results if not r["valid"])
+        assert min(r["valid_remaining_today"] for r in results) == 0
+
+
 def test_a_long_request_keeps_its_leases(tmp_path):
     """Leases only expire for a dead replica: a live request renews them, however long it runs."""
     env = {

@@ -63,9 +63,9 @@ def test_postgres_replicas_starting_together_migrate_once():
         subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
 
 
-def test_step_2_claims_the_first_valid_copy_of_each_feedback_text(tmp_path):
-    """An existing database at version 1 (no counted_hash) is brought up to date, keeping the
-    first valid submission of a text as its claim."""
+def test_steps_2_and_3_bring_feedback_of_version_1_up_to_date(tmp_path):
+    """An existing database at version 1 (no counted_hash, no daily counters) is brought up to
+    date, keeping the first valid submission of a text as its claim, and counting each day's."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
 
     async def main():
@@ -76,6 +76,7 @@ def test_step_2_claims_the_first_valid_copy_of_each_feedback_text(tmp_path):
                 # Back to version 1's shape, with a repeat that two replicas both accepted.
                 await conn.exec_driver_sql("DROP INDEX ux_feedback_counted")
                 await conn.exec_driver_sql("ALTER TABLE feedback DROP COLUMN counted_hash")
+                await conn.exec_driver_sql("DROP TABLE feedback_days")
                 await conn.exec_driver_sql("DELETE FROM schema_version WHERE version > 1")
                 await conn.exec_driver_sql(
                     "INSERT INTO accounts (email, is_admin, disabled, created_at) VALUES ('a@example.com', 0, 0, 0)"
@@ -88,10 +89,12 @@ def test_step_2_claims_the_first_valid_copy_of_each_feedback_text(tmp_path):
             applied = await migrate(engine)
             async with engine.connect() as conn:
                 rows = (await conn.exec_driver_sql("SELECT id, counted_hash FROM feedback ORDER BY id")).all()
-            return applied, rows
+                days = (await conn.exec_driver_sql("SELECT account_id, day, valid, invalid FROM feedback_days")).all()
+            return applied, rows, days
         finally:
             await engine.dispose()
 
-    applied, rows = asyncio.run(main())
-    assert applied == [2]
+    applied, rows, days = asyncio.run(main())
+    assert applied == [2, 3]
     assert [tuple(r) for r in rows] == [(1, "h1"), (2, None), (3, None)]
+    assert [tuple(d) for d in days] == [(1, "2026-11-25", 2, 1)]

@@ -1,23 +1,23 @@
 """Model feedback, and the quota refresh a valid submission may earn.
 
-A submission is valid when its text has at least 10 characters, it does not repeat any of the
-account's earlier feedback, and the account has not yet sent `feedback_daily_limit` valid ones
-today. A valid submission refreshes the quota with probability `feedback_refresh_probability`:
-back to a full daily allowance remaining, never beyond `daily_quota_cap` granted in one day.
-Every submission is kept; every grant is recorded in the quota ledger.
+A submission is valid when its text has at least 10 visible characters, it does not repeat any
+of the account's earlier feedback, and the account has not yet sent `feedback_daily_limit` valid
+ones today. Texts are judged after normalisation (NFKC, format characters such as zero-width
+spaces dropped, case and spacing ignored), so padding or disguising a text does not make it new.
+A valid submission refreshes the quota with probability `feedback_refresh_probability`: back to
+a full daily allowance remaining, never beyond `daily_quota_cap` granted in one day. Every grant
+is recorded in the quota ledger. Refused submissions are kept too, but at most
+`feedback_daily_limit` a day, so a flood of them stores nothing more.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import and_, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from longcat.canonical import invalid
 from longcat.config import Settings
@@ -25,12 +25,16 @@ from longcat.gateway.clock import beijing_day
 from longcat.gateway.quota import QuotaKeeper, QuotaStatus
 from longcat.protocols.fields import get_int, get_str
 from longcat.store.accounts import KeyOwner
-from longcat.store.schema import feedback as feedback_table
+from longcat.store.feedback import FeedbackStore
 
 REPEAT = "This repeats feedback you sent before; only new feedback counts for a quota refresh."
 CATEGORIES = ("quality", "accuracy", "speed", "formatting", "tool_use", "safety", "other")
 MIN_TEXT = 10
 MAX_TEXT = 5000
+
+# Characters that take no place on screen: controls, format characters (zero-width spaces,
+# joiners, direction marks), unassigned and private code points, combining marks and separators.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me", "Zs", "Zl", "Zp"}
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,33 +61,43 @@ def parse_submission(body: dict[str, Any]) -> Submission:
     for name, value in (("text", text), ("request_id", request_id)):
         if value and "\x00" in value:
             raise invalid(f"'{name}' must not contain NUL characters.", param=name)
-    return Submission(rating, category, text, request_id)
+    return Submission(rating, category, normalize(text), request_id)
+
+
+def normalize(text: str) -> str:
+    """NFKC, without format characters (zero-width spaces and the like), trimmed: the text as it
+    is stored and judged."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
+
+
+def visible_length(text: str) -> int:
+    """Characters that show: not spaces, controls, format characters or combining marks."""
+    return sum(1 for ch in text if unicodedata.category(ch) not in _INVISIBLE)
 
 
 def text_hash(text: str) -> str:
-    """Repeats are judged on the words, not on case or spacing."""
-    normal = re.sub(r"\s+", " ", text.strip().lower())
-    return hashlib.sha256(normal.encode("utf-8", "surrogatepass")).hexdigest()
+    """Repeats are judged on the words, not on case, spacing or invisible characters."""
+    words = re.sub(r"\s+", " ", normalize(text).casefold())
+    return hashlib.sha256(words.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class FeedbackDesk:
     def __init__(self, settings: Settings, quota: QuotaKeeper, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.quota = quota
-        self.engine = quota.usage.engine
+        self.store = FeedbackStore(quota.usage.engine)
         self.rng = rng or random.Random()
-        self._locks: dict[int, asyncio.Lock] = {}
 
     async def submit(self, owner: KeyOwner, sub: Submission, now: float) -> dict[str, Any]:
-        # One submission at a time per account, so two copies of the same text cannot both count.
-        lock = self._locks.setdefault(owner.account_id, asyncio.Lock())
-        async with lock:
-            return await self._submit(owner, sub, now)
-
-    async def _submit(self, owner: KeyOwner, sub: Submission, now: float) -> dict[str, Any]:
         day = beijing_day(now)
+        limit = self.settings.feedback_daily_limit
         digest = text_hash(sub.text)
-        reason = await self._invalid_reason(owner.account_id, sub.text, digest, day)
+        reason: str | None = None
+        if visible_length(sub.text) < MIN_TEXT:
+            reason = f"Feedback needs at least {MIN_TEXT} visible characters to count for a quota refresh."
+        elif await self.store.seen(owner.account_id, digest):
+            reason = REPEAT
         row = {
             "account_id": owner.account_id,
             "key_id": owner.key_id,
@@ -97,74 +111,33 @@ class FeedbackDesk:
             "day": day,
             "created_at": now,
         }
-        feedback_id = None
-        if reason is None:
-            # Claim the text first: the unique index refuses a repeat made at the same moment
-            # on another replica, which the check above cannot see.
-            try:
-                async with self.engine.begin() as conn:
-                    result = await conn.execute(feedback_table.insert().values(**row, valid=True, counted_hash=digest))
-                    feedback_id = result.inserted_primary_key[0]
-            except IntegrityError:
-                reason = REPEAT
-        if reason is not None:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(feedback_table.insert().values(**row, valid=False, counted_hash=None))
-                feedback_id = result.inserted_primary_key[0]
+        recorded = await self.store.record(row, valid=reason is None, daily_limit=limit)
+        if recorded.outcome == "repeat":
+            reason = REPEAT
+        elif recorded.outcome == "limit":
+            reason = f"You have sent {limit} valid feedback submissions today, the most that count for refreshes."
 
         granted = 0
         lucky = False
         status: QuotaStatus | None = None
-        if reason is None:
+        if recorded.outcome == "valid":
             lucky = self.rng.random() < self.settings.feedback_refresh_probability
             if lucky:
                 granted, status = await self.quota.refresh(owner.account_id, owner.daily_quota, now, note=f"feedback {digest[:12]}")
-                if granted:
-                    async with self.engine.begin() as conn:
-                        await conn.execute(
-                            update(feedback_table)
-                            .where(feedback_table.c.id == feedback_id)
-                            .values(refreshed=True, granted=granted)
-                        )
+                if granted and recorded.id is not None:
+                    await self.store.mark_refreshed(recorded.id, granted)
         if status is None:
             status = await self.quota.status(owner.account_id, owner.daily_quota, now)
         return {
-            "id": feedback_id,
-            "valid": reason is None,
+            "id": recorded.id,
+            "valid": recorded.outcome == "valid",
             "reason": reason,
             "refreshed": granted > 0,
             "granted": granted,
+            "valid_remaining_today": max(0, limit - recorded.valid_today),
             "message": self._message(reason, lucky, granted, status),
             "quota": quota_body(status),
         }
-
-    async def _invalid_reason(self, account_id: int, text: str, digest: str, day: str) -> str | None:
-        if len(text.strip()) < MIN_TEXT:
-            return f"Feedback needs at least {MIN_TEXT} characters to count for a quota refresh."
-        async with self.engine.connect() as conn:
-            repeats = (
-                await conn.execute(
-                    select(func.count()).where(
-                        and_(feedback_table.c.account_id == account_id, feedback_table.c.text_hash == digest)
-                    )
-                )
-            ).scalar_one()
-            today = (
-                await conn.execute(
-                    select(func.count()).where(
-                        and_(
-                            feedback_table.c.account_id == account_id,
-                            feedback_table.c.day == day,
-                            feedback_table.c.valid.is_(True),
-                        )
-                    )
-                )
-            ).scalar_one()
-        if repeats:
-            return REPEAT
-        if today >= self.settings.feedback_daily_limit:
-            return f"You have sent {today} valid feedback submissions today, the most that count for refreshes."
-        return None
 
     def _message(self, reason: str | None, lucky: bool, granted: int, status: QuotaStatus) -> str:
         if reason is not None:

@@ -49,9 +49,22 @@ def _feedback_counted_hash(conn: Connection) -> None:
         conn.exec_driver_sql("CREATE UNIQUE INDEX ux_feedback_counted ON feedback (account_id, counted_hash)")
 
 
+def _feedback_days(conn: Connection) -> None:
+    """Daily feedback counters, taken over from the submissions already stored."""
+    if "feedback_days" in inspect(conn).get_table_names():
+        return
+    metadata.tables["feedback_days"].create(conn)
+    conn.exec_driver_sql(
+        "INSERT INTO feedback_days (account_id, day, valid, invalid) "
+        "SELECT account_id, day, SUM(CASE WHEN valid THEN 1 ELSE 0 END), SUM(CASE WHEN valid THEN 0 ELSE 1 END) "
+        "FROM feedback GROUP BY account_id, day"
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, keys, usage, quotas, ledger, feedback, stored responses", _initial),
     (2, "feedback: unique claim on each valid text", _feedback_counted_hash),
+    (3, "feedback: daily counters claimed atomically", _feedback_days),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -145,6 +145,18 @@ Index("ix_feedback_account_hash", feedback.c.account_id, feedback.c.text_hash)
 Index("ix_feedback_account_day", feedback.c.account_id, feedback.c.day)
 Index("ux_feedback_counted", feedback.c.account_id, feedback.c.counted_hash, unique=True)
 
+# Per account and day: feedback counted for refreshes (`valid`) and refused submissions kept
+# (`invalid`). Each is claimed by one conditional UPDATE, so the daily limits hold exactly on any
+# number of replicas, and the table of submissions cannot be flooded.
+feedback_days = Table(
+    "feedback_days",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("valid", Integer, nullable=False, default=0),
+    Column("invalid", Integer, nullable=False, default=0),
+)
+
 # Responses API objects created with `store: true`: what GET /responses/{id} returns and what
 # `previous_response_id` continues from. `body` is the response object and `items` the input
 # items of the conversation before it, both JSON text.

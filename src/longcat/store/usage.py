@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from longcat.store.db import dialect_insert
 from longcat.store.schema import api_keys, quota_days, quota_ledger, usage_daily, usage_records
 
 
@@ -41,11 +41,6 @@ class QuotaDay:
     used: int
 
 
-def _insert(conn: AsyncConnection, table):
-    """INSERT … ON CONFLICT support for both SQLite and PostgreSQL."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
 class UsageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -60,7 +55,7 @@ class UsageStore:
             return
         async with self.engine.begin() as conn:
             inserted = await conn.execute(
-                _insert(conn, usage_records)
+                dialect_insert(conn, usage_records)
                 .on_conflict_do_nothing(index_elements=["request_id"])
                 .returning(usage_records.c.request_id),
                 [
@@ -99,7 +94,7 @@ class UsageStore:
                 q = quota.setdefault((r.account_id, r.day), [0, r.base_quota])
                 q[0] += r.billed_tokens
             for (account_id, day, model), (n, inp, out, cached, billed) in sorted(daily.items()):
-                stmt = _insert(conn, usage_daily).values(
+                stmt = dialect_insert(conn, usage_daily).values(
                     account_id=account_id,
                     day=day,
                     model=model,
@@ -143,7 +138,7 @@ class UsageStore:
     async def _open_day(self, conn: AsyncConnection, account_id: int, day: str, base: int) -> None:
         """Create the day's quota row on first use, and record the day's allowance in the ledger."""
         inserted = await conn.execute(
-            _insert(conn, quota_days)
+            dialect_insert(conn, quota_days)
             .values(account_id=account_id, day=day, base=base, granted=0, used=0)
             .on_conflict_do_nothing(index_elements=["account_id", "day"])
         )
