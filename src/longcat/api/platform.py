@@ -19,6 +19,7 @@ from longcat.canonical import ApiError, invalid
 from longcat.gateway.clock import beijing_day
 from longcat.gateway.feedback import parse_submission, quota_body
 from longcat.gateway.pipeline import Gateway
+from longcat.store.usage import sum_rows
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -48,11 +49,12 @@ async def usage(request: Request) -> Response:
     except ValueError:
         return openai_error(invalid("'limit' must be an integer.", param="limit"))
     store = gateway.usage
+    by_model = await store.daily_for_day(owner.account_id, day)
     body = {
         "account": {"id": owner.account_id, "email": owner.email},
         "day": day,
-        "totals": await store.totals(owner.account_id, day),
-        "by_model": await store.daily_for_day(owner.account_id, day),
+        "totals": sum_rows(by_model),
+        "by_model": by_model,
         "recent": await store.records(owner.account_id, day, limit),
         "ledger": await store.ledger(owner.account_id, day),
     }

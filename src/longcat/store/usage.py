@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from longcat.store.db import dialect_insert
@@ -247,16 +247,14 @@ class UsageStore:
         return [{k: v for k, v in r._mapping.items() if k not in ("id", "account_id")} for r in rows]
 
     async def totals(self, account_id: int, day: str) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(func.sum(usage_records.c.input_tokens), 0),
-                        func.coalesce(func.sum(usage_records.c.output_tokens), 0),
-                        func.coalesce(func.sum(usage_records.c.cached_tokens), 0),
-                        func.coalesce(func.sum(usage_records.c.billed_tokens), 0),
-                    ).where(and_(usage_records.c.account_id == account_id, usage_records.c.day == day))
-                )
-            ).one()
-        return dict(zip(("requests", "input_tokens", "output_tokens", "cached_tokens", "billed_tokens"), map(int, row), strict=True))
+        """The day's totals, from the daily aggregate (a row per model), never from the records:
+        an account with a million requests today costs the same as one with ten."""
+        return sum_rows(await self.daily_for_day(account_id, day))
+
+
+TOTAL_FIELDS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "billed_tokens")
+
+
+def sum_rows(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Totals of aggregate rows (e.g. `daily_for_day`'s, one per model)."""
+    return {name: sum(int(r[name]) for r in rows) for name in TOTAL_FIELDS}
