@@ -223,3 +223,27 @@ def test_memory_leases_never_expire():
         assert await c.acquire([], [Slots("s", 1)], "b", later, 60) == 1
 
     run(main())
+
+
+def test_memory_counters_forget_what_has_expired():
+    """In-process counters do not grow with every key ever seen: drained buckets, empty
+    concurrency sets and past days' quotas are forgotten, live state is kept."""
+
+    async def main() -> None:
+        c = MemoryCounters()
+        for i in range(1000):
+            assert await c.acquire([Bucket(f"rpm:k:{i}", 60, 1)], [Slots(f"conc:k:{i}", 4)], f"lease{i}", 100.0, 1800) == 0
+            await c.release([], [f"conc:k:{i}"], f"lease{i}", 100.0)
+        assert await c.acquire([Bucket("rpm:k:live", 60, 30)], [Slots("conc:k:live", 4)], "held", 100.0, 1800) == 0
+
+        async def seed():
+            return 0, 0
+
+        await c.quota_state("q:1:2026-11-30", seed, 100.0)
+        await c.quota_state("q:1:2026-12-01", seed, 100.0)
+        c.prune(102.0, lambda key: key.endswith("2026-12-01"))
+        # The live bucket (30 units, 30 s to drain), its held slot and today's quota remain.
+        assert c.size == 3
+        assert await c.acquire([Bucket("rpm:k:live", 60, 45)], [], "x", 102.0, 1800) > 0
+
+    asyncio.run(main())

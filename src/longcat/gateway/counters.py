@@ -193,10 +193,20 @@ class MemoryCounters:
     async def renew(self, slot_keys: list[str], quota_key: str | None, lease: str, now: float, ttl: float) -> None:
         return None
 
-    def forget_quotas(self, keep: Callable[[str], bool]) -> None:
-        """Drop quota state of past days (called now and then)."""
-        for key in [k for k in self._quotas if not keep(k)]:
+    def prune(self, now: float, keep_quota: Callable[[str], bool]) -> None:
+        """Forget what no longer matters (called now and then): buckets that have drained (an
+        absent bucket is an empty one), concurrency sets with no lease, quotas of past days."""
+        for key in [k for k, tat in self._tats.items() if tat <= now]:
+            del self._tats[key]
+        for key in [k for k, leases in self._slots.items() if not leases]:
+            del self._slots[key]
+        for key in [k for k in self._quotas if not keep_quota(k)]:
             del self._quotas[key]
+
+    @property
+    def size(self) -> int:
+        """How many counters are kept (for tests of the above)."""
+        return len(self._tats) + len(self._slots) + len(self._quotas)
 
     async def close(self) -> None:
         return None

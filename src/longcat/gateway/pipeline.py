@@ -98,7 +98,7 @@ class Gateway:
 
     async def _renew_leases(self) -> None:
         """Keep the leases of live requests from expiring (they only expire when a replica dies),
-        and forget the in-process quota state of past days."""
+        and let the in-process counters forget what has expired."""
         interval = max(1.0, self.settings.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
@@ -112,7 +112,7 @@ class Gateway:
                     log.exception("renewing the leases of %s failed", call.ctx.request_id)
             if isinstance(self.counters, MemoryCounters):
                 recent = {beijing_day(now), beijing_day(now - 86400)}
-                self.counters.forget_quotas(lambda key, days=recent: key.rsplit(":", 1)[-1] in days)
+                self.counters.prune(now, lambda key, days=recent: key.rsplit(":", 1)[-1] in days)
 
     async def close(self, wait: float = 5.0) -> None:
         """Let requests that are still ending settle, write what is queued, then stop.

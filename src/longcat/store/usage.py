@@ -44,8 +44,9 @@ class QuotaDay:
 class UsageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # (account, day) pairs whose quota row this process knows exists: skips one statement a batch.
-        self._opened: set[tuple[int, str]] = set()
+        # Accounts whose quota row of a day this process knows exists (skips one statement a
+        # batch), for the two most recent days only: older days are done.
+        self._opened: dict[str, set[int]] = {}
 
     async def write_batch(self, records: list[UsageRecord]) -> None:
         """Write records, their daily aggregates and the quota they used, in one transaction,
@@ -118,7 +119,7 @@ class UsageStore:
                 )
             opened = []
             for (account_id, day), (billed, base) in sorted(quota.items()):
-                if (account_id, day) not in self._opened:
+                if account_id not in self._opened.get(day, ()):
                     await self._open_day(conn, account_id, day, base)
                     opened.append((account_id, day))
                 await conn.execute(
@@ -133,7 +134,10 @@ class UsageStore:
             for key_id, at in sorted(last_used.items()):
                 await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=int(at)))
         # Only once the transaction committed: a rolled-back day must be opened again.
-        self._opened.update(opened)
+        for account_id, day in opened:
+            self._opened.setdefault(day, set()).add(account_id)
+        for day in sorted(self._opened)[:-2]:
+            del self._opened[day]
 
     async def _open_day(self, conn: AsyncConnection, account_id: int, day: str, base: int) -> None:
         """Create the day's quota row on first use, and record the day's allowance in the ledger."""
