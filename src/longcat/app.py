@@ -23,6 +23,7 @@ from longcat.gateway.clock import make_clock
 from longcat.gateway.counters import MemoryCounters, RedisCounters
 from longcat.gateway.feedback import FeedbackDesk
 from longcat.gateway.pipeline import Gateway
+from longcat.gateway.signing import Signer
 from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.openai_errors import openai_error_body
 from longcat.store.accounts import AccountStore
@@ -75,7 +76,8 @@ def create_app(settings: Settings) -> Starlette:
     catalog = Catalog(settings)
     counters = RedisCounters(settings.redis_url, settings.redis_prefix) if settings.redis_url else MemoryCounters()
     clock = make_clock(settings)
-    gateway = Gateway(settings, accounts, catalog, usage, counters, clock)
+    secret = settings.resolved_secret_key()
+    gateway = Gateway(settings, accounts, catalog, usage, counters, clock, secret=secret)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -103,7 +105,8 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
     )
     app.state.settings = settings
-    app.state.secret_key = settings.resolved_secret_key()
+    app.state.secret_key = secret
+    app.state.signer = Signer(secret)
     app.state.db = db
     app.state.accounts = accounts
     app.state.catalog = catalog

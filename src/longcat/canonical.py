@@ -59,11 +59,14 @@ class ToolResultBlock:
 
 @dataclass(slots=True)
 class ThinkingBlock:
-    """Reasoning text, replayed by clients. `signature` lets the platform verify it came from us."""
+    """Reasoning text, replayed by clients. `verified`: the platform knows a model wrote it for
+    this account (a valid signature or seal, or it remembers handing it out); the gateway gives
+    engines verified reasoning only. `signature` is the Anthropic format's proof."""
 
     text: str
     signature: str | None = None
     redacted: bool = False
+    verified: bool = False
     type: Literal["thinking"] = "thinking"
 
 

@@ -132,7 +132,7 @@ def test_thinking_signed_by_the_platform_is_accepted():
     block = {"type": "thinking", "thinking": text, "signature": SIGNER.sign_thinking(text)}
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": [block, {"type": "text", "text": "A"}]}]
     req = dec(body(messages=msgs))
-    assert req.messages[1].content[0] == ThinkingBlock(text, signature=block["signature"])
+    assert req.messages[1].content[0] == ThinkingBlock(text, signature=block["signature"], verified=True)
 
 
 @pytest.mark.parametrize(

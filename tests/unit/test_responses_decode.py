@@ -7,7 +7,10 @@ import json
 import pytest
 
 from longcat.canonical import ApiError, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
-from longcat.protocols.openai_responses import decode, qualified_name, seal_reasoning
+from longcat.gateway.signing import Signer
+from longcat.protocols.openai_responses import decode, qualified_name
+
+SIGNER = Signer(b"test-secret")
 from tests.support.server import shared_file
 
 FN = {
@@ -71,18 +74,23 @@ def test_tool_round_trip_items_become_one_assistant_turn_and_its_results():
 
 
 def test_reasoning_replayed_from_our_encrypted_content():
+    forged = SIGNER.seal("reasoning", "someone else's thought", 2)
     req = decode(
         body(
             input=[
                 {"role": "user", "content": "q"},
-                {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": seal_reasoning("deep thought")},
+                {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": SIGNER.seal("reasoning", "deep thought", 1)},
                 {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAAA-someone-elses-blob"},
+                {"type": "reasoning", "id": "rs_3", "summary": [], "encrypted_content": forged},
+                {"type": "reasoning", "id": "rs_4", "content": [{"type": "reasoning_text", "text": "unsealed"}]},
                 {"role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
             ]
-        )
+        ),
+        open_seal=lambda v: SIGNER.open("reasoning", v, 1),
     )
     assistant = req.chat.messages[1]
-    assert assistant.content == [ThinkingBlock("deep thought"), TextBlock("a")]
+    # Only the seal made for this account verifies; plain text is carried, unverified.
+    assert assistant.content == [ThinkingBlock("deep thought", verified=True), ThinkingBlock("unsealed"), TextBlock("a")]
 
 
 def test_unknown_item_types_are_skipped_and_item_references_resolved():

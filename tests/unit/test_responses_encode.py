@@ -22,7 +22,10 @@ from longcat.canonical import (
     ToolCallStart,
     Usage,
 )
-from longcat.protocols.openai_responses import ResponseEncoder, decode, in_responses_terms, unseal_reasoning
+from longcat.gateway.signing import Signer
+from longcat.protocols.openai_responses import ResponseEncoder, decode, in_responses_terms
+
+SIGNER = Signer(b"test-secret")
 from tests.support import open_responses
 from tests.support.responses_check import check_response, check_stream, output_text
 
@@ -70,7 +73,7 @@ def test_text_then_completed():
 
 
 def test_thinking_text_and_tool_calls_are_separate_items():
-    enc = encoder(include=["reasoning.encrypted_content"])
+    enc = ResponseEncoder(decode({"model": "m", "input": "hi", "tools": TOOLS}), seal=lambda t: SIGNER.seal("reasoning", t, 7))
     events = run(
         enc,
         [
@@ -90,7 +93,10 @@ def test_thinking_text_and_tool_calls_are_separate_items():
     final = check_stream(events)
     reasoning, message, call, spawned = final["output"]
     assert reasoning["type"] == "reasoning" and reasoning["content"] == [{"type": "reasoning_text", "text": "Let me see."}]
-    assert unseal_reasoning(reasoning["encrypted_content"]) == "Let me see."
+    # Sealed for account 7 only: opaque, unforgeable, and no other account can open it.
+    assert "Let me see" not in reasoning["encrypted_content"]
+    assert SIGNER.open("reasoning", reasoning["encrypted_content"], 7) == "Let me see."
+    assert SIGNER.open("reasoning", reasoning["encrypted_content"], 8) is None
     assert message["content"][0]["text"] == "Running it."
     assert (call["call_id"], call["name"], json.loads(call["arguments"])) == ("call_a", "Bash", {"command": "ls"})
     assert "namespace" not in call

@@ -42,7 +42,7 @@ def _gateway(request: Request) -> Gateway:
 
 
 def _signer(request: Request) -> Signer:
-    return Signer(request.app.state.secret_key)
+    return request.app.state.signer
 
 
 async def messages(request: Request) -> Response:

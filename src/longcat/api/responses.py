@@ -18,6 +18,7 @@ from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_json, sse
 from longcat.api.openai import openai_error
 from longcat.canonical import ApiError, Error, Event
 from longcat.gateway.pipeline import Gateway
+from longcat.gateway.signing import Signer
 from longcat.protocols import openai_responses
 from longcat.protocols.openai_responses import ResponseEncoder, ResponsesRequest
 from longcat.store.accounts import KeyOwner
@@ -41,15 +42,29 @@ def _error(err: ApiError) -> Response:
     return openai_error(openai_responses.in_responses_terms(err))
 
 
+class _Seals:
+    """The `encrypted_content` of reasoning items, sealed for (and opened only by) one account."""
+
+    def __init__(self, signer: Signer, account_id: int) -> None:
+        self.signer, self.account_id = signer, account_id
+
+    def seal(self, text: str) -> str:
+        return self.signer.seal("reasoning", text, self.account_id)
+
+    def opener(self, value: object) -> str | None:
+        return self.signer.open("reasoning", value, self.account_id)
+
+
 async def create_response(request: Request) -> Response:
     gateway = _gateway(request)
     store = _store(request)
     decoded: ResponsesRequest | None = None
     try:
         owner = await gateway.authenticate(request.headers)
+        seals = _Seals(request.app.state.signer, owner.account_id)
         body = await read_json(request, str(owner.account_id))
         history = await _history(store, owner, openai_responses.previous_response_id(body))
-        decoded = openai_responses.decode(body, history)
+        decoded = openai_responses.decode(body, history, open_seal=seals.opener)
         call = await until_disconnect(request.receive, gateway.admit(owner, decoded.chat, endpoint="responses"))
         # The response object reports the sampling values the engine really uses.
         sampling = call.engine.sampling(call.request)
@@ -62,7 +77,7 @@ async def create_response(request: Request) -> Response:
         return _error(err)
 
     headers = {"x-request-id": call.ctx.request_id}
-    encoder = ResponseEncoder(decoded, live_usage=call.ctx.usage, sampling=sampling)
+    encoder = ResponseEncoder(decoded, live_usage=call.ctx.usage, sampling=sampling, seal=seals.seal)
     save = _saver(store, owner, decoded) if decoded.store else None
     if decoded.chat.stream:
         return EventStream(_frames(gateway.events(call), encoder, save), _error, headers)  # type: ignore[return-value]

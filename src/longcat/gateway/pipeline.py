@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish
+from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish, ThinkingDelta
 from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
@@ -28,6 +28,7 @@ from longcat.gateway.clock import SystemClock, beijing_day
 from longcat.gateway.counters import Counters, MemoryCounters
 from longcat.gateway.limits import Permit, RateLimiter
 from longcat.gateway.metering import UsageWriter, billed_tokens, make_record
+from longcat.gateway.provenance import ReasoningMemory, keep_verified_reasoning
 from longcat.gateway.quota import QuotaKeeper, Reservation
 from longcat.store.accounts import AccountStore, KeyOwner
 from longcat.store.usage import UsageStore
@@ -72,6 +73,7 @@ class Gateway:
         usage: UsageStore,
         counters: Counters | None = None,
         clock=None,
+        secret: bytes = b"",
     ) -> None:
         self.settings = settings
         self.accounts = accounts
@@ -82,6 +84,9 @@ class Gateway:
         self.limiter = RateLimiter(settings, self.counters)
         self.quota = QuotaKeeper(settings, self.counters, usage)
         self.writer = UsageWriter(usage)
+        self.reasoning = ReasoningMemory(
+            secret or settings.resolved_secret_key(), getattr(self.counters, "redis", None), settings.redis_prefix
+        )
         self._background: set[asyncio.Task] = set()
         self._active: dict[str, Call] = {}  # admitted requests holding a permit, not yet settled
         self._heartbeat: asyncio.Task | None = None
@@ -179,6 +184,8 @@ class Gateway:
                 param="messages",
             )
         ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id))
+        # Only reasoning the platform knows a model wrote for this account reaches the engine.
+        await keep_verified_reasoning(request, owner.account_id, self.reasoning)
         await self._tokenize(model, engine, request, ctx.tenant, lambda: engine.measure(request, ctx))
         # A prompt that does not fit is the error to report first: a smaller max_tokens cannot fix it.
         if ctx.prompt_tokens >= model.context_window:
@@ -237,6 +244,7 @@ class Gateway:
         await self._acquire(call)
         outcome = "cancelled"
         delivered = False
+        thinking: list[str] = []  # remembered when the reply is complete (see gateway.provenance)
         stream = call.engine.stream(call.request, call.ctx)
         try:
             while True:
@@ -251,8 +259,12 @@ class Gateway:
                     break
                 finally:
                     call.awaiting = False
-                if isinstance(event, Finish):
+                if isinstance(event, ThinkingDelta):
+                    thinking.append(event.text)
+                elif isinstance(event, Finish):
                     outcome = "length" if event.reason == "length" else "ok"
+                    if thinking:
+                        await self._remember(call, "".join(thinking))
                     # Commit the usage before the client learns the response is complete.
                     await self._settle(call, outcome, delivered=True, durable=True)
                 elif isinstance(event, Error):
@@ -298,6 +310,12 @@ class Gateway:
                 # We may be inside a cancellation: settle on a task of its own.
                 # A non-streaming client receives nothing until the end, so nothing was delivered.
                 self._in_background(self._settle(call, outcome, delivered=delivered and call.request.stream, durable=False))
+
+    async def _remember(self, call: Call, thinking: str) -> None:
+        try:
+            await self.reasoning.remember(call.owner.account_id, thinking)
+        except Exception:  # the reply still stands; a replay of it will just not be recognised
+            log.exception("remembering the reasoning of %s failed", call.ctx.request_id)
 
     def request_shutdown(self, grace: float) -> None:
         """Called from a signal handler: in `grace` seconds, end the requests still running."""

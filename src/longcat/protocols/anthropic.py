@@ -209,7 +209,7 @@ def _content_blocks(content: Any, where: str, verify: VerifyThinking) -> list[Bl
             blocks.append(_thinking(block, at, verify))
         elif kind == "redacted_thinking":
             # The platform never issues these; a client may replay one from elsewhere. Its payload
-            # is opaque and no model here could read it, so it is carried along but never shown.
+            # is opaque and not ours: carried along unverified, so no engine is ever given it.
             blocks.append(ThinkingBlock("", signature=str(block.get("data", "")), redacted=True))
         else:
             raise invalid(
@@ -311,7 +311,7 @@ def _thinking(block: dict[str, Any], at: str, verify: VerifyThinking) -> Thinkin
             "on this platform. Send thinking blocks back unmodified, or leave them out.",
             param=f"{at}.signature",
         )
-    return ThinkingBlock(text, signature=signature)
+    return ThinkingBlock(text, signature=signature, verified=True)
 
 
 def _decode_tools(raw: list[Any]) -> list[ToolSpec]:

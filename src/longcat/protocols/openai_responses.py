@@ -11,12 +11,11 @@ construction. Everything here is pure: no I/O, no clock besides `created_at`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,9 +59,9 @@ from longcat.protocols.openai_errors import OPENAI_TYPES
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 REASONING_SUMMARIES = ("auto", "concise", "detailed")
-ENCRYPTED_REASONING = "reasoning.encrypted_content"
-# Prefix of the opaque `encrypted_content` the platform hands out for reasoning items.
-_SEALED = "lcr1."
+# Seal and open the `encrypted_content` of reasoning items (bound to the key and the account).
+Seal = Callable[[str], str]
+OpenSeal = Callable[[Any], "str | None"]
 # What the response reports for a sampling value neither the request nor the engine names (an
 # upstream server applying its own default): the OpenAI API's defaults, i.e. plain sampling.
 UNKNOWN_SAMPLING = Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)
@@ -116,7 +115,12 @@ def previous_response_id(body: dict[str, Any]) -> str | None:
     return value or None
 
 
-def decode(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> ResponsesRequest:
+def decode(
+    body: dict[str, Any], history: list[dict[str, Any]] | None = None, *, open_seal: OpenSeal | None = None
+) -> ResponsesRequest:
+    """The request as a canonical one. `open_seal` opens the `encrypted_content` of replayed
+    reasoning items (see `gateway.signing`): reasoning it opens is verified, other reasoning is
+    carried unverified (the gateway decides what an engine may see)."""
     model = get_str(body, "model", required=True)
     for unsupported, hint in (("background", "run the request in the foreground"), ("conversation", "use previous_response_id")):
         if body.get(unsupported) not in (None, False):
@@ -124,7 +128,7 @@ def decode(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
 
     own_items = _input_items(body.get("input"))
     items = list(history or []) + own_items
-    system, messages = _conversation(items, len(history or []))
+    system, messages = _conversation(items, len(history or []), open_seal)
     instructions = get_str(body, "instructions")
     if instructions:
         system.insert(0, TextBlock(instructions))
@@ -206,7 +210,7 @@ def _input_items(raw: Any) -> list[dict[str, Any]]:
     return raw
 
 
-def _conversation(items: list[dict[str, Any]], offset: int) -> tuple[list[TextBlock], list[Message]]:
+def _conversation(items: list[dict[str, Any]], offset: int, open_seal: OpenSeal | None) -> tuple[list[TextBlock], list[Message]]:
     """Input items -> system blocks and messages. `offset` items came from the stored history,
     so error messages count positions in the client's own `input` only."""
     system: list[TextBlock] = []
@@ -275,9 +279,9 @@ def _conversation(items: list[dict[str, Any]], offset: int) -> tuple[list[TextBl
             content = _output_blocks(item.get("output"), f"{where}.output")
             results_turn().content.append(ToolResultBlock(call_id, content))
         elif kind == "reasoning":
-            text = _reasoning_text(item)
-            if text:
-                assistant_turn().content.append(ThinkingBlock(text))
+            block = _reasoning_block(item, open_seal)
+            if block is not None:
+                assistant_turn().content.append(block)
         # Anything else (web_search_call, local_shell_call, compaction, …) belongs to tools this
         # platform does not run; replayed by clients, it is skipped rather than refused.
     messages = [m for m in messages if m.content]
@@ -330,29 +334,18 @@ def _output_blocks(output: Any, where: str) -> list[TextBlock | ImageBlock]:
     return [TextBlock(json.dumps(output, ensure_ascii=False))]
 
 
-def _reasoning_text(item: dict[str, Any]) -> str:
-    """The text of a replayed reasoning item: its content, else its summary, else our own seal."""
+def _reasoning_block(item: dict[str, Any], open_seal: OpenSeal | None) -> ThinkingBlock | None:
+    """A replayed reasoning item: verified when its seal opens, else its text, unverified."""
+    sealed = open_seal(item.get("encrypted_content")) if open_seal is not None else None
+    if sealed is not None:
+        return ThinkingBlock(sealed, verified=True)
     for key in ("content", "summary"):
         parts = item.get(key)
         if isinstance(parts, list):
             text = "".join(p.get("text", "") for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
             if text:
-                return text
-    return unseal_reasoning(item.get("encrypted_content")) or ""
-
-
-def seal_reasoning(text: str) -> str:
-    """The `encrypted_content` of a reasoning item: opaque to clients, readable when replayed."""
-    return _SEALED + base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def unseal_reasoning(value: Any) -> str | None:
-    if not isinstance(value, str) or not value.startswith(_SEALED):
-        return None  # another provider's blob: nothing we can read
-    try:
-        return base64.urlsafe_b64decode(value[len(_SEALED) :].encode("ascii")).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
+                return ThinkingBlock(text)
+    return None
 
 
 def _decode_tools(raw: list[Any]) -> tuple[list[ToolSpec], list[dict[str, Any]], dict[str, tuple[str, str]]]:
@@ -575,6 +568,7 @@ class ResponseEncoder:
         created_at: int | None = None,
         live_usage: Usage | None = None,
         sampling: Sampling | None = None,
+        seal: Seal | None = None,
     ) -> None:
         """`live_usage` is the engine's running count, reported if a stream fails before its
         own `Usage` event. `sampling` is what the engine samples with (`Engine.sampling`);
@@ -582,7 +576,9 @@ class ResponseEncoder:
         self.request = request
         self.sampling = sampling
         self.id = response_id or new_response_id()
-        self.sealed = ENCRYPTED_REASONING in request.include
+        # Reasoning items always carry their seal (asked for with `include` or not): it is what
+        # lets a replayed item, or one kept in a stored conversation, count as the model's own.
+        self.seal = seal
         self.response: dict[str, Any] = self._base(created_at if created_at is not None else int(time.time()))
         self.finished = False
         self._seq = 0
@@ -816,8 +812,8 @@ class ResponseEncoder:
         else:
             part = {"type": "reasoning_text", "text": item.text}
             final = {"id": item.id, "type": "reasoning", "status": status, "summary": [], "content": [part]}
-            if self.sealed:
-                final["encrypted_content"] = seal_reasoning(item.text)
+            if self.seal is not None:
+                final["encrypted_content"] = self.seal(item.text)
             out = [
                 self._event("response.reasoning_text.done", **base, content_index=0, text=item.text),
                 self._event("response.content_part.done", **base, content_index=0, part=part),
