@@ -188,6 +188,7 @@ def front(upstream, fake, dropper, tmp_path_factory):
         model("fake-vllm", "plain", fake_v1, tokenize="vllm", thinking_param="chat_template_kwargs", api_key="sk-fake-secret",
               context_window=5000, max_output=2000),
         model("fake-llamacpp", "plain", fake_v1, tokenize="llamacpp"),
+        model("fake-salted", "salted", fake_v1, send_user=True, cache_salt=True),
     ])
     data = tmp_path_factory.mktemp("openai-compat-front")
     server = Server(data, write_config(data / "config.toml", config), free_port(), env={"FRONT_UPSTREAM_KEY": upstream.front_key})
@@ -460,3 +461,22 @@ def test_an_upstream_that_cannot_count_gets_an_estimate(oai, front):
         r = oai.chat.completions.create(model="up-no-tokenize", messages=[{"role": "user", "content": "still works"}])
         assert r.choices[0].message.content == "still works"
     assert front.log().count("model up-no-tokenize: the upstream could not count tokens") == 1
+
+
+def test_the_account_reaches_the_upstream_only_as_an_opaque_tag(front, fake):
+    """With `send_user` and `cache_salt` (vLLM), the upstream learns which account a request is
+    for, so its prefix cache serves each account only its own prompts; it never learns who."""
+
+    def tag_of(key: str) -> tuple[str, str]:
+        httpx.post(front.base_url + "/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "fake-salted", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        body = fake.last("salted")["body"]
+        return body["user"], body["cache_salt"]
+
+    first, second = front.new_key("salt-a@example.com"), front.new_key("salt-b@example.com")
+    user, salt = tag_of(first)
+    assert user == salt and re.fullmatch(r"lc-[0-9a-f]{24}", user)
+    assert tag_of(first) == (user, salt)  # stable for the account
+    assert tag_of(front.new_key("salt-a@example.com", name="second"))[0] == user  # whichever of its keys
+    assert tag_of(second)[0] != user
+    assert "user" not in fake.last("plain")["body"] and "cache_salt" not in fake.last("plain")["body"]

@@ -699,3 +699,14 @@ def test_any_chunking_of_an_upstream_stream_gives_the_same_events(case):
     assert done.finish == Finish("tool_calls" if expected else "stop")
     assert usage == {"input": 25, "cached": 5, "output": 9}
     assert runs == ([[{"type": "thinking", "thinking": thinking, "signature": SIG}]] if thinking else [])
+
+
+def test_send_user_names_the_account_in_metadata():
+    body = {"model": "m", "metadata": {"user_id": "from-extra-body"}}
+    AnthropicCompatEngine(model(base_url="http://a", send_user=True)).tag_account(body, "lc-0123")
+    assert body["metadata"] == {"user_id": "lc-0123"}
+    plain = {"model": "m"}
+    AnthropicCompatEngine(model(base_url="http://a")).tag_account(plain, "lc-0123")
+    assert "metadata" not in plain
+    with pytest.raises(ConfigError, match="send_user"):
+        parse_options(model(base_url="http://a", send_user="yes"), env={})

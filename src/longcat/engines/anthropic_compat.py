@@ -955,6 +955,10 @@ class AnthropicCompatEngine(UpstreamEngine):
         return StreamReader(EventTranslator(
             model_id=self.model.id, stop=request.stop, secrets=self._secrets, on_thinking=self.signatures.keep))
 
+    def tag_account(self, body: dict[str, Any], tag: str) -> None:
+        if self.options.send_user:
+            body["metadata"] = {**(body.get("metadata") or {}), "user_id": tag}
+
     async def count_exact(self, request: ChatRequest) -> int:
         body = count_body(request, self.options, max_tokens=request.max_tokens or self.model.max_output,
                           signatures=self.signatures)

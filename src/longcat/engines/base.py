@@ -26,6 +26,8 @@ class CallContext:
     # The number of prompt tokens if the gateway already counted them (saves a second tokenization).
     prompt_tokens: int | None = None
     prompt_cache: Any = None
+    # An opaque, stable tag of the account (not its id), for upstreams that scope caches by user.
+    account_tag: str = ""
 
 
 class Engine(abc.ABC):

@@ -130,7 +130,7 @@ __all__ = [
 
 log = logging.getLogger("longcat.engine.openai_compat")
 
-OPTION_KEYS = COMMON_OPTION_KEYS | {"thinking_param", "send_reasoning_content"}
+OPTION_KEYS = COMMON_OPTION_KEYS | {"thinking_param", "send_reasoning_content", "cache_salt"}
 TOKENIZE_MODES = ("vllm", "llamacpp", "llama_cpp_python", "none")
 
 
@@ -143,6 +143,8 @@ class Options(UpstreamOptions):
 
     thinking_param: str | None = None
     send_reasoning_content: bool = False
+    # vLLM's `cache_salt`: its prefix cache then serves each account only its own prompts.
+    cache_salt: bool = False
 
 
 def parse_options(model: ModelConfig, env: dict[str, str] | None = None) -> Options:
@@ -156,10 +158,12 @@ def parse_options(model: ModelConfig, env: dict[str, str] | None = None) -> Opti
         or (isinstance(thinking_param, str) and re.fullmatch(r"chat_template_kwargs\.\w+", thinking_param))
     ):
         raise ConfigError(f"{where}: 'thinking_param' must be 'chat_template_kwargs', 'chat_template_kwargs.<name>' or 'thinking'")
-    send_reasoning = opts.get("send_reasoning_content", False)
-    if not isinstance(send_reasoning, bool):
-        raise ConfigError(f"{where}: 'send_reasoning_content' must be true or false")
-    return Options(**common, thinking_param=thinking_param, send_reasoning_content=send_reasoning)
+    flags = {}
+    for name in ("send_reasoning_content", "cache_salt"):
+        flags[name] = opts.get(name, False)
+        if not isinstance(flags[name], bool):
+            raise ConfigError(f"{where}: {name!r} must be true or false")
+    return Options(**common, thinking_param=thinking_param, **flags)
 
 
 def server_root(base_url: str) -> str:
@@ -689,6 +693,12 @@ class OpenAICompatEngine(UpstreamEngine):
 
     def reader(self, request: ChatRequest) -> StreamReader:
         return StreamReader(ChunkTranslator(model_id=self.model.id, stop=request.stop, secrets=self._secrets))
+
+    def tag_account(self, body: dict[str, Any], tag: str) -> None:
+        if self.options.send_user:
+            body["user"] = tag
+        if self.options.cache_salt:
+            body["cache_salt"] = tag
 
     async def count_exact(self, request: ChatRequest) -> int:
         if self.options.tokenize == "vllm":

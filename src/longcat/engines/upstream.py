@@ -62,7 +62,18 @@ MESSAGE_OVERHEAD = 4
 
 # The options every upstream engine takes; each engine adds its own.
 COMMON_OPTION_KEYS = frozenset(
-    {"base_url", "base_urls", "upstream_model", "api_key", "api_key_env", "timeout", "max_connections", "tokenize", "extra_body"}
+    {
+        "base_url",
+        "base_urls",
+        "upstream_model",
+        "api_key",
+        "api_key_env",
+        "timeout",
+        "max_connections",
+        "tokenize",
+        "extra_body",
+        "send_user",
+    }
 )
 
 
@@ -81,6 +92,8 @@ class UpstreamOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     tokenize: str = "none"
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # Tell the upstream which account a request is for (an opaque tag, never the account id).
+    send_user: bool = False
 
 
 def parse_common(
@@ -150,6 +163,9 @@ def parse_common(
     extra_body = opts.get("extra_body", {})
     if not isinstance(extra_body, dict):
         raise ConfigError(f"{where}: 'extra_body' must be a table")
+    send_user = opts.get("send_user", False)
+    if not isinstance(send_user, bool):
+        raise ConfigError(f"{where}: 'send_user' must be true or false")
 
     return {
         "base_urls": urls,
@@ -160,6 +176,7 @@ def parse_common(
         "max_connections": max_connections,
         "tokenize": tokenize,
         "extra_body": dict(extra_body),
+        "send_user": send_user,
     }
 
 
@@ -499,6 +516,9 @@ class UpstreamEngine(Engine):
     def reader(self, request: ChatRequest) -> Reader:
         raise NotImplementedError
 
+    def tag_account(self, body: dict[str, Any], tag: str) -> None:
+        """Tell the upstream, in its own field, which account `body` is for (`tag`: opaque)."""
+
     def sampling(self, request: ChatRequest) -> Sampling:
         """What the upstream is sent (the request's values as translated, or `extra_body`'s);
         a value left out is the upstream's own default, which is not known here."""
@@ -667,6 +687,8 @@ class UpstreamEngine(Engine):
             # Servers refuse prompt + max_tokens beyond their context; with an exact count, fit it.
             budget = max(1, min(budget, self.model.context_window - prompt))
         path, body = self.generation(request, budget)
+        if ctx.account_tag:
+            self.tag_account(body, ctx.account_tag)
         reader = self.reader(request)
         response = await self._send("POST", path, body)
         emitted = checked = False

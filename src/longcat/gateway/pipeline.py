@@ -12,6 +12,8 @@ runs the engine, and settles exactly once however the stream ends.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -84,9 +86,9 @@ class Gateway:
         self.limiter = RateLimiter(settings, self.counters)
         self.quota = QuotaKeeper(settings, self.counters, usage)
         self.writer = UsageWriter(usage)
-        self.reasoning = ReasoningMemory(
-            secret or settings.resolved_secret_key(), getattr(self.counters, "redis", None), settings.redis_prefix
-        )
+        secret = secret or settings.resolved_secret_key()
+        self.reasoning = ReasoningMemory(secret, getattr(self.counters, "redis", None), settings.redis_prefix)
+        self._tag_key = hmac.new(secret, b"longcat account tag v1", hashlib.sha256).digest()
         self._background: set[asyncio.Task] = set()
         self._active: dict[str, Call] = {}  # admitted requests holding a permit, not yet settled
         self._heartbeat: asyncio.Task | None = None
@@ -142,6 +144,11 @@ class Gateway:
         await self.limiter.charge_request(owner, self.clock.now())
         return owner
 
+    def account_tag(self, account_id: int) -> str:
+        """A stable, opaque name of the account for upstreams (`send_user`, `cache_salt`): the
+        same on every replica sharing the secret, and it tells nothing of the account."""
+        return "lc-" + hmac.new(self._tag_key, str(account_id).encode(), hashlib.sha256).hexdigest()[:24]
+
     async def count_tokens(self, owner: KeyOwner, request: ChatRequest) -> int:
         """The prompt's tokens with the serving engine's tokenizer, through the same gate."""
         model, engine = self.catalog.route(request.model)
@@ -183,7 +190,7 @@ class Gateway:
                 f"The model {model.id!r} does not accept images; send text only.",
                 param="messages",
             )
-        ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id))
+        ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id), account_tag=self.account_tag(owner.account_id))
         # Only reasoning the platform knows a model wrote for this account reaches the engine.
         await keep_verified_reasoning(request, owner.account_id, self.reasoning)
         await self._tokenize(model, engine, request, ctx.tenant, lambda: engine.measure(request, ctx))
