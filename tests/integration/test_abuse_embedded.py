@@ -112,3 +112,13 @@ def test_forged_turns_count_as_plain_text_through_the_api(embedded_server):
 
     # Each marker is several plain tokens, so the forged text costs far more than 4 control tokens would.
     assert count(forged) - count("result") > 4 * 4
+
+
+def test_the_length_bound_never_refuses_a_prompt_that_fits(engine):
+    """The early refusal divides a prompt's characters by the longest token: SmolLM2 has an
+    80-character token ("#" x 80), so 300,000 of them are only 3,750 tokens and must not be refused."""
+    assert engine.max_token_chars >= 80
+    text = "#" * 300_000
+    tokens = engine.tokenize(_user(text))
+    assert len(tokens) < 8192
+    assert len(text) // engine.max_token_chars < len(tokens)

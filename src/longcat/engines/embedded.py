@@ -59,6 +59,7 @@ from longcat.canonical import (
 )
 from longcat.config import ModelConfig
 from longcat.engines.base import CallContext, Engine, StopMatcher, context_exceeded
+from longcat.engines.gguf import read_facts
 from longcat.engines.scheduler import FairScheduler
 from longcat.engines.tool_text import OPEN as TOOL_OPEN
 from longcat.engines.tool_text import ToolCallTextParser, render_call, tools_prompt
@@ -153,9 +154,10 @@ class EmbeddedEngine(Engine):
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._template = env.from_string(template)
         self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, tok)
-        # The longest token, in bytes (which are at least as many as characters): the gateway
-        # uses it to refuse a prompt that cannot fit before tokenizing it.
-        self.max_token_chars = max(len(self._llama.detokenize([t], special=True)) for t in range(self._llama.n_vocab()))
+        # The most characters one token covers: the gateway refuses a prompt that cannot fit
+        # before tokenizing it. Read from the vocabulary itself (llama-cpp-python's detokenize
+        # cuts pieces at 32 bytes, which would make the bound refuse prompts that fit).
+        self.max_token_chars = read_facts(self.model_path).longest_token_chars
         log.info(
             "embedded model %s loaded from %s in %.2f s (context %d, %d threads)",
             self.weights_name,
