@@ -9,9 +9,9 @@ import pytest
 from longcat.canonical import ApiError, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
 from longcat.gateway.signing import Signer
 from longcat.protocols.openai_responses import decode, qualified_name
+from tests.support.server import shared_file
 
 SIGNER = Signer(b"test-secret")
-from tests.support.server import shared_file
 
 FN = {
     "type": "function",

@@ -24,10 +24,10 @@ from longcat.canonical import (
 )
 from longcat.gateway.signing import Signer
 from longcat.protocols.openai_responses import ResponseEncoder, decode, in_responses_terms
-
-SIGNER = Signer(b"test-secret")
 from tests.support import open_responses
 from tests.support.responses_check import check_response, check_stream, output_text
+
+SIGNER = Signer(b"test-secret")
 
 TOOLS = [
     {"type": "function", "name": "Bash", "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}},
