@@ -71,7 +71,8 @@ def test_disguised_repeats_are_repeats(server):
 
 def test_padding_does_not_make_a_text_long_enough(server):
     key = server.new_key(f"pad{uuid.uuid4().hex[:8]}@example.com")
-    for padded in ("ok" + "\u200b" * 40, "ok " + " " * 40 + "!", "ok" + "\u0301" * 30):
+    fillers = "\u3164\u2800\uffa0\u115f\u1160" * 4  # blank letters and symbols
+    for padded in ("ok" + "\u200b" * 40, "ok " + " " * 40 + "!", "ok" + "\u0301" * 30, "ok" + fillers):
         r = post(server, key, padded).json()
         assert r["valid"] is False and "visible characters" in r["reason"], padded
     assert post(server, key, "真的很有帮助，谢谢你们的模型！").json()["valid"] is True  # 15 visible characters

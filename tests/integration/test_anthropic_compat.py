@@ -355,7 +355,7 @@ def test_thinking_passes_through_and_replays_with_the_upstreams_signature(claude
                                 messages=[{"role": "user", "content": "Why?"}]) as s:
         first = s.get_final_message()
     assert [b.type for b in first.content] == ["thinking", "text"]
-    assert first.content[0].thinking == MOCK_THOUGHT and first.content[0].signature.startswith("lc1.")
+    assert first.content[0].thinking == MOCK_THOUGHT and first.content[0].signature.startswith("lc2.")
     # The upstream verifies the signatures of replayed thinking: it accepts only its own, which the
     # front kept for it (its clients get the front's).
     before = len(usage_lines(upstream, "mock-thinking"))
@@ -392,7 +392,7 @@ def test_a_thinking_tool_loop_sends_back_the_upstreams_blocks(claude, fake):
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Run echo hi."}]
     first = claude.messages.create(model="fake-thinking-tools", max_tokens=5000, thinking=thinking, tools=[BASH], messages=messages)
     assert [b.type for b in first.content] == ["thinking", "tool_use"] and first.content[0].thinking == "Plan 0."
-    assert first.content[0].signature.startswith("lc1.") and FAKE_SIG not in first.model_dump_json()
+    assert first.content[0].signature.startswith("lc2.") and FAKE_SIG not in first.model_dump_json()
     [use] = [b for b in first.content if b.type == "tool_use"]
     messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "hi"}]}]

@@ -95,7 +95,7 @@ def test_thinking_blocks_are_signed_and_accepted_back(client, mock_server):
         message = stream.get_final_message()
     thinking, text = message.content
     assert thinking.type == "thinking" and thinking.thinking == "Let me think about this step by step."
-    assert thinking.signature.startswith("lc1.")
+    assert thinking.signature.startswith("lc2.")
     again = client.messages.create(
         model="mock-thinking", max_tokens=100,
         messages=ask + [{"role": "assistant", "content": message.content}, {"role": "user", "content": "Go on."}],
@@ -108,6 +108,12 @@ def test_thinking_blocks_are_signed_and_accepted_back(client, mock_server):
                                messages=ask + [{"role": "assistant", "content": [tampered]}, {"role": "user", "content": "?"}])
     assert "signature" in info.value.message
     assert info.value.body["error"]["code"] == "invalid_parameter"
+
+    # A signature holds for the account it was made for: another account cannot pass it off.
+    other = anthropic.Anthropic(api_key=mock_server.new_key("thinking-other@example.com"), base_url=str(client.base_url), max_retries=0)
+    with pytest.raises(anthropic.BadRequestError):
+        other.messages.create(model="mock-thinking", max_tokens=100,
+                              messages=ask + [{"role": "assistant", "content": message.content}, {"role": "user", "content": "Go on."}])
 
     off = client.messages.create(model="mock-thinking", max_tokens=100, messages=ask, thinking={"type": "disabled"})
     assert [b.type for b in off.content] == ["text"]

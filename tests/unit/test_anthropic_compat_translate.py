@@ -710,3 +710,11 @@ def test_send_user_names_the_account_in_metadata():
     assert "metadata" not in plain
     with pytest.raises(ConfigError, match="send_user"):
         parse_options(model(base_url="http://a", send_user="yes"), env={})
+
+
+def test_tool_input_of_any_shape():
+    from longcat.engines.anthropic_compat import tool_input
+
+    assert tool_input("[" * 1000 + "]" * 1000) == {"arguments": "[" * 1000 + "]" * 1000}
+    assert tool_input("1" * 5000) == {"arguments": "1" * 5000}
+    assert tool_input('{"a": 1}') == {"a": 1}

@@ -10,7 +10,7 @@ from longcat.gateway.signing import Signer, sign, verify
 def test_round_trip():
     signer = Signer(b"k1")
     sig = signer.sign_thinking("I should list the files first.")
-    assert sig.startswith("lc1.") and signer.verify_thinking("I should list the files first.", sig)
+    assert sig.startswith("lc2.") and signer.verify_thinking("I should list the files first.", sig)
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,11 @@ def test_purpose_separates_uses_and_key_is_required():
     assert not verify(b"k", "a", "t", None)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Signer(b"")
+
+
+def test_a_signature_holds_for_its_account_only():
+    signer = Signer(b"k1")
+    sig = signer.sign_thinking("Plan: list files.", account=7)
+    assert signer.verify_thinking("Plan: list files.", sig, account=7)
+    assert not signer.verify_thinking("Plan: list files.", sig, account=8)
+    assert not signer.verify_thinking("Plan: list files.", sig)

@@ -63,3 +63,13 @@ def test_any_chunking_gives_the_same_result(size):
     items = collapse(feed_all(pieces))
     assert [k for k, _ in items] == ["text", "call", "text"]
     assert items[0][1] == "before " and items[2][1] == " after"
+
+
+def test_replayed_arguments_of_any_shape_render_without_failing():
+    from longcat.engines.tool_text import parse_call_body, render_call
+
+    for arguments in ("[" * 1000 + "]" * 1000, "1" * 5000, "{not json", ""):
+        rendered = render_call("f", arguments)
+        assert rendered.startswith("<tool_call>") and '"name": "f"' in rendered
+    assert parse_call_body('{"name": "f", "arguments": "' + "[" * 2000 + '"}') is None
+    assert parse_call_body("[" * 5000) is None

@@ -8,6 +8,7 @@ nothing here) and warm the connection up with `HEAD /anthropic`.
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,7 +52,7 @@ async def messages(request: Request) -> Response:
     try:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
-        chat = anthropic.decode(body, verify_thinking=signer.verify_thinking)
+        chat = anthropic.decode(body, verify_thinking=partial(signer.verify_thinking, account=owner.account_id))
         call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="messages"))
     except ApiError as err:
         return anthropic_error(err)
@@ -63,7 +64,7 @@ async def messages(request: Request) -> Response:
         encoder = anthropic.MessageStreamEncoder(
             model=chat.model,
             input_tokens=call.ctx.prompt_tokens or 0,
-            sign_thinking=signer.sign_thinking,
+            sign_thinking=partial(signer.sign_thinking, account=owner.account_id),
             live_usage=call.ctx.usage,
         )
         frames = message_frames(gateway.events(call), encoder, gateway.settings.stream_ping_interval)
@@ -76,7 +77,7 @@ async def messages(request: Request) -> Response:
     except Disconnected:
         return Response(status_code=499)
     message = anthropic.encode_message(
-        done, model=chat.model, message_id=anthropic.new_message_id(), sign_thinking=signer.sign_thinking
+        done, model=chat.model, message_id=anthropic.new_message_id(), sign_thinking=partial(signer.sign_thinking, account=owner.account_id)
     )
     return JSONBody(message, headers=headers)
 
@@ -126,7 +127,8 @@ async def count_tokens(request: Request) -> Response:
     try:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
-        chat = anthropic.decode(body, verify_thinking=_signer(request).verify_thinking, count_only=True)
+        verify = partial(_signer(request).verify_thinking, account=owner.account_id)
+        chat = anthropic.decode(body, verify_thinking=verify, count_only=True)
         tokens = await until_disconnect(request.receive, gateway.count_tokens(owner, chat))
     except ApiError as err:
         return anthropic_error(err)

@@ -41,9 +41,10 @@ def render_call(name: str, arguments: str) -> str:
     """How an earlier call is shown to the model when the conversation is replayed."""
     try:
         args: Any = json.loads(arguments) if arguments else {}
-    except json.JSONDecodeError:
-        args = arguments
-    return f"{OPEN}\n{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}\n{CLOSE}"
+        call = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, nested absurdly deep, or a 5,000-digit number
+        call = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"{OPEN}\n{call}\n{CLOSE}"
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ def parse_call_body(body: str) -> list[ParsedCall] | None:
     """The calls in the text between the tags, or None when it is not a well-formed call."""
     try:
         data = json.loads(body.strip())
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     items = data if isinstance(data, list) else [data]
     calls = []
@@ -67,11 +68,14 @@ def parse_call_body(body: str) -> list[ParsedCall] | None:
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 return None
         if not isinstance(args, dict):
             return None
-        calls.append(ParsedCall(item["name"], json.dumps(args, ensure_ascii=False)))
+        try:
+            calls.append(ParsedCall(item["name"], json.dumps(args, ensure_ascii=False)))
+        except (ValueError, RecursionError):
+            return None
     return calls or None
 
 

@@ -33,8 +33,11 @@ MIN_TEXT = 10
 MAX_TEXT = 5000
 
 # Characters that take no place on screen: controls, format characters (zero-width spaces,
-# joiners, direction marks), unassigned and private code points, combining marks and separators.
+# joiners, direction marks), unassigned and private code points, combining marks and separators;
+# and the blank letters and symbols that render as nothing (Hangul fillers, the blank Braille
+# pattern, the Khmer and Mongolian inherent vowels and separators).
 _INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me", "Zs", "Zl", "Zp"}
+_BLANK = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u17b4", "\u17b5", "\u180e", "\u2028", "\u2029"}
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,7 +76,7 @@ def normalize(text: str) -> str:
 
 def visible_length(text: str) -> int:
     """Characters that show: not spaces, controls, format characters or combining marks."""
-    return sum(1 for ch in text if unicodedata.category(ch) not in _INVISIBLE)
+    return sum(1 for ch in text if ch not in _BLANK and unicodedata.category(ch) not in _INVISIBLE)
 
 
 def text_hash(text: str) -> str:

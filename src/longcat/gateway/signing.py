@@ -4,9 +4,9 @@ comes back.
 Reasoning is the case in point: a client replays the reasoning a model wrote, and the platform
 must know the text is the model's own, unaltered, before a model reads it again as its own
 thoughts (reasoning a client wrote itself would be a way to steer the model past its rules).
-- Anthropic thinking blocks carry a signature: an HMAC-SHA256 over a purpose tag and the text,
-  keyed with the server's secret, so replicas that share the key verify each other's signatures
-  and nobody else can forge one.
+- Anthropic thinking blocks carry a signature: an HMAC-SHA256 over a purpose tag, the account
+  and the text, keyed with the server's secret, so replicas that share the key verify each
+  other's signatures, nobody else can forge one, and it holds for its account only.
 - Responses reasoning items carry `encrypted_content`: the text sealed with AES-256-GCM under a
   key derived from the secret, bound to the account it was written for. Nobody can read it or
   make one; it opens only for that account.
@@ -24,7 +24,8 @@ import hmac
 import os
 
 # Bumped if the scheme ever changes, so old signatures are recognised as old, not as forged.
-VERSION = "lc1"
+# lc2: the account is part of what is signed.
+VERSION = "lc2"
 
 
 def sign(key: bytes, purpose: str, text: str) -> str:
@@ -86,8 +87,9 @@ class Signer:
         except (InvalidTag, binascii.Error, ValueError, UnicodeDecodeError):
             return None
 
-    def sign_thinking(self, text: str) -> str:
-        return sign(self._key, "thinking", text)
+    def sign_thinking(self, text: str, account: int | str = "") -> str:
+        """Thinking `text` signed as written for `account`: it verifies for that account only."""
+        return sign(self._key, f"thinking:{account}", text)
 
-    def verify_thinking(self, text: str, signature: str) -> bool:
-        return verify(self._key, "thinking", text, signature)
+    def verify_thinking(self, text: str, signature: str, account: int | str = "") -> bool:
+        return verify(self._key, f"thinking:{account}", text, signature)

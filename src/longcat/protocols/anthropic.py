@@ -388,7 +388,7 @@ def tool_input(arguments: str) -> dict[str, Any]:
     """The parsed arguments; a model that wrote something else than a JSON object gets it wrapped."""
     try:
         value = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, nested absurdly deep, or a 5,000-digit number
         return {"arguments": arguments}
     return value if isinstance(value, dict) else {"arguments": value}
 
