@@ -8,8 +8,8 @@ nothing here) and warm the connection up with `HEAD /anthropic`.
 from __future__ import annotations
 
 import datetime as dt
-from functools import partial
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
