@@ -122,3 +122,37 @@ def test_the_length_bound_never_refuses_a_prompt_that_fits(engine):
     tokens = engine.tokenize(_user(text))
     assert len(tokens) < 8192
     assert len(text) // engine.max_token_chars < len(tokens)
+
+
+def test_schemas_asking_for_huge_grammars_are_refused_at_once(embedded_server):
+    """A tiny schema naming a huge count (it once built a grammar of gigabytes) is a quick 400."""
+    headers = {"Authorization": f"Bearer {embedded_server.key}"}
+    bomb = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 200_000_000}}}
+    bodies = [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bomb}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": bomb}}], "tool_choice": "required"},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a{5000000}$"}}}},
+    ]
+    for extra in bodies:
+        started = time.perf_counter()
+        r = httpx.post(
+            embedded_server.base_url + CHAT,
+            headers=headers,
+            json={"model": "LongCat-2.0-Preview", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra},
+            timeout=30,
+        )
+        assert r.status_code == 400 and "at most 1,000" in r.json()["error"]["message"], r.text
+        assert time.perf_counter() - started < 2
+
+
+def test_replayed_tool_calls_of_any_shape_are_not_a_server_error(embedded_server):
+    headers = {"Authorization": f"Bearer {embedded_server.key}"}
+    for arguments in ("[" * 1000 + "]" * 1000, "1" * 5000):
+        messages = [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        ]
+        r = httpx.post(embedded_server.base_url + CHAT, headers=headers,
+                       json={"model": "LongCat-2.0-Preview", "max_tokens": 3, "messages": messages}, timeout=60)
+        assert r.status_code == 200, r.text

@@ -61,6 +61,7 @@ from longcat.config import ModelConfig
 from longcat.engines.base import CallContext, Engine, StopMatcher, context_exceeded
 from longcat.engines.gguf import read_facts
 from longcat.engines.scheduler import FairScheduler
+from longcat.engines.schema_limits import schema_problem
 from longcat.engines.tool_text import OPEN as TOOL_OPEN
 from longcat.engines.tool_text import ToolCallTextParser, render_call, tools_prompt
 
@@ -229,7 +230,7 @@ class EmbeddedEngine(Engine):
         room = self.model.context_window - len(tokens)
         if room <= 0:
             raise context_exceeded(self.model, len(tokens))
-        grammar = await asyncio.to_thread(self._grammar_for, request)
+        grammar = await asyncio.to_thread(self._grammar_for, request, ctx.tenant)
         budget = min(request.max_tokens or self.model.max_output, room)
         loop = asyncio.get_running_loop()
         job = _Job(tokens, request, ctx, budget, grammar, loop)
@@ -359,8 +360,9 @@ class EmbeddedEngine(Engine):
             temperature = self.structured_temperature if constrained(request) else self.default_temperature
         return Sampling(temperature, request.top_p if request.top_p is not None else DEFAULT_TOP_P, 0.0, 0.0)
 
-    def _grammar_for(self, request: ChatRequest) -> Any:
-        """A GBNF grammar when the request needs structured output, else None."""
+    def _grammar_for(self, request: ChatRequest, tenant: str) -> Any:
+        """A GBNF grammar when the request needs structured output, else None. Compiled grammars
+        are cached per account: how fast one compiles must not tell whether another used it."""
         if not constrained(request):
             return None
         choice = request.tool_choice
@@ -371,15 +373,18 @@ class EmbeddedEngine(Engine):
                     "invalid_request", "invalid_parameter", f"tool_choice names {choice.name!r}, which is not in tools"
                 )
             schema = {"oneOf": [_call_schema(t.name, t.parameters) for t in tools]} if len(tools) > 1 else _call_schema(tools[0].name, tools[0].parameters)
-            return self._compile("tool:" + json.dumps(schema, sort_keys=True), schema, wrap_tool_call=True)
+            return self._compile(f"{tenant}:tool:" + json.dumps(schema, sort_keys=True), schema, wrap_tool_call=True)
         fmt = request.response_format
         if fmt.type == "json_object":
             return self._compile("json_object", None)
         if fmt.type == "json_schema":
-            return self._compile("schema:" + json.dumps(fmt.schema, sort_keys=True), fmt.schema or {})
+            return self._compile(f"{tenant}:schema:" + json.dumps(fmt.schema, sort_keys=True), fmt.schema or {})
         return None
 
     def _compile(self, cache_key: str, schema: dict[str, Any] | None, *, wrap_tool_call: bool = False) -> Any:
+        problem = schema_problem(schema) if schema is not None else None
+        if problem is not None:
+            raise ApiError("invalid_request", "invalid_parameter", problem, param="tools" if wrap_tool_call else "response_format")
         with self._grammar_lock:
             return self._compile_locked(cache_key, schema, wrap_tool_call=wrap_tool_call)
 
