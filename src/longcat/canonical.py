@@ -8,6 +8,7 @@ any format.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -142,16 +143,19 @@ class ChatRequest:
         return "\n\n".join(b.text for b in self.system)
 
     def text_chars(self) -> int:
-        """Characters of text the prompt carries (system, messages, tool calls and results).
-        Divided by an engine's longest token, a lower bound on the prompt's tokens that costs
-        no tokenization: how an absurdly long prompt is refused before any work is spent on it."""
+        """Characters of text the prompt carries (system, messages, tool calls and results, tool
+        definitions). Divided by an engine's longest token, a lower bound on the prompt's tokens
+        that costs no tokenization: how an absurdly long prompt is refused before any work is
+        spent on it."""
         total = sum(len(b.text) for b in self.system)
+        for tool in self.tools:
+            total += len(tool.name) + len(tool.description) + _json_chars(tool.parameters)
         for m in self.messages:
             for b in m.content:
                 if isinstance(b, TextBlock):
                     total += len(b.text)
                 elif isinstance(b, ToolUseBlock):
-                    total += len(b.arguments)
+                    total += len(b.name) + len(b.arguments)
                 elif isinstance(b, ToolResultBlock):
                     total += sum(len(c.text) for c in b.content if isinstance(c, TextBlock))
         return total
@@ -175,6 +179,22 @@ class Sampling:
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of the strings in a JSON value (what a tool's schema puts in the prompt, at least)."""
+    total = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            total += len(node)
+        elif isinstance(node, dict):
+            total += sum(len(k) for k in node if isinstance(k, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return total
 
 
 # --------------------------------------------------------------------------- events
@@ -403,3 +423,23 @@ class ApiError(Exception):
 def invalid(message: str, *, param: str | None = None, code: str = "invalid_parameter") -> ApiError:
     """Shorthand for the most common error: a 400 about the request body."""
     return ApiError("invalid_request", code, message, param=param)
+
+
+RATE_LIMIT_MESSAGE = "Request rate limit exceeded, please try again later"
+
+
+def retry_seconds(wait: float) -> int:
+    """What `Retry-After` says: whole seconds, never 0 for a refused request."""
+    return max(1, math.ceil(wait - 1e-9))
+
+
+def rate_limited(wait: float) -> ApiError:
+    """The seed's 429 body, with the real wait in `retry_after` and in `Retry-After`."""
+    seconds = retry_seconds(wait)
+    return ApiError(
+        "rate_limit",
+        "rate_limit_exceeded",
+        RATE_LIMIT_MESSAGE,
+        headers={"Retry-After": str(seconds)},
+        extra={"retry_after": seconds},
+    )

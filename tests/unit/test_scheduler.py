@@ -79,3 +79,22 @@ def test_per_tenant_cap_leaves_room_for_others():
         assert sched.busy == 0 and sched.waiting == 0 and sched.tenants == 0
 
     asyncio.run(main())
+
+
+def test_one_tenant_cannot_fill_the_queue():
+    async def main():
+        sched = FairScheduler(slots=1, max_waiting=8, per_tenant_waiting=2)
+        await sched.acquire("busy")
+        mine = [asyncio.create_task(sched.acquire("greedy")) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError) as info:
+            await sched.acquire("greedy")
+        assert info.value.status == 429 and info.value.code == "rate_limit_exceeded"
+        other = asyncio.create_task(sched.acquire("polite"))  # still room for everyone else
+        await asyncio.sleep(0)
+        assert not other.done() and sched.waiting == 3
+        for t in [*mine, other]:
+            t.cancel()
+        await asyncio.gather(*mine, other, return_exceptions=True)
+
+    asyncio.run(main())

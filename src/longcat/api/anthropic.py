@@ -20,6 +20,7 @@ from longcat.api.asgi import (
     Disconnected,
     EventStream,
     JSONBody,
+    decode_body,
     read_json,
     sse,
     until_disconnect,
@@ -52,7 +53,8 @@ async def messages(request: Request) -> Response:
     try:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
-        chat = anthropic.decode(body, verify_thinking=partial(signer.verify_thinking, account=owner.account_id))
+        verify = partial(signer.verify_thinking, account=owner.account_id)
+        chat = await decode_body(body, anthropic.decode, body.data, verify_thinking=verify)
         call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="messages"))
     except ApiError as err:
         return anthropic_error(err)
@@ -128,7 +130,7 @@ async def count_tokens(request: Request) -> Response:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
         verify = partial(_signer(request).verify_thinking, account=owner.account_id)
-        chat = anthropic.decode(body, verify_thinking=verify, count_only=True)
+        chat = await decode_body(body, anthropic.decode, body.data, verify_thinking=verify, count_only=True)
         tokens = await until_disconnect(request.receive, gateway.count_tokens(owner, chat))
     except ApiError as err:
         return anthropic_error(err)

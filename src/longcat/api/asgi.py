@@ -4,9 +4,10 @@ Engines must stop working for a client that has gone, even while they are silent
 reading a long prompt), so we watch the connection for `http.disconnect` ourselves instead of
 waiting for the next write to fail.
 
-Bodies are read with a bound on their size and on the silence between their chunks; large ones
-are read a few at a time (one per account) and parsed off the event loop, so a handful of huge
-uploads can neither fill the memory nor stall everyone else's requests.
+Bodies are read with a bound on their size, on the silence between their chunks and on their
+whole time; large ones are read a few at a time (one per account), and parsed and decoded off
+the event loop, so a handful of huge or slow uploads can neither fill the memory nor stall
+everyone else's requests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ctypes
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -55,53 +57,79 @@ class JSONBody(Response):
         return dumps(content)
 
 
+@dataclass(slots=True, frozen=True)
+class ParsedBody:
+    data: dict[str, Any]
+    size: int  # bytes on the wire: what decides whether decoding it moves off the event loop
+
+
 class BodyReader:
-    """Reads and parses JSON request bodies for the routes (one per app, on `app.state`)."""
+    """Reads and parses JSON request bodies for the routes (one per app, on `app.state`).
+
+    A body may go `idle_timeout` seconds without a byte, and take six times that in all."""
 
     def __init__(self, idle_timeout: float = 10.0, large_at_once: int = 4, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.idle_timeout = idle_timeout
+        self.total_timeout = 6 * idle_timeout
         self.max_bytes = max_bytes
         # Memory for bodies in flight stays near `large_at_once` x `max_bytes`, whatever the load.
-        self.large = FairScheduler(slots=large_at_once, max_waiting=64, per_tenant=1)
+        self.large = FairScheduler(
+            slots=large_at_once, max_waiting=64, per_tenant=1, per_tenant_waiting=1, what="reading large request bodies"
+        )
         self._trim: asyncio.TimerHandle | None = None
+        self._parsing = asyncio.Lock()
 
     def _too_large(self) -> ApiError:
         return ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {self.max_bytes // 2**20} MiB.")
 
-    async def json(self, request: Request, tenant: str) -> dict[str, Any]:
+    async def json(self, request: Request, tenant: str) -> ParsedBody:
         """The body as a JSON object; `tenant` (the account) waits its turn for a large one."""
         declared = request.headers.get("content-length")
         size = int(declared) if declared and declared.isdigit() else 0
         if size > self.max_bytes:
             raise self._too_large()
+        deadline = asyncio.get_running_loop().time() + self.total_timeout
         held = False
         try:
             if size > LARGE_BODY_BYTES:
-                await self.large.acquire(tenant)
+                await self._take_large(tenant)
                 held = True
             chunks: list[bytes] = []
             size = 0
             more = True
             while more:
-                message = await self._receive(request)
+                message = await self._receive(request, deadline)
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise self._too_large()
                 if size > LARGE_BODY_BYTES and not held:
-                    await self.large.acquire(tenant)
+                    await self._take_large(tenant)
                     held = True
                 chunks.append(chunk)
                 more = message.get("more_body", False)
             raw = b"".join(chunks)
             del chunks
             if len(raw) > PARSE_OFF_LOOP_BYTES:
-                return await asyncio.to_thread(parse_json_object, raw)
-            return parse_json_object(raw)
+                # One at a time: the parser holds the interpreter's lock while it runs, so two
+                # parses at once would keep the event loop waiting for both.
+                async with self._parsing:
+                    return ParsedBody(await asyncio.to_thread(parse_json_object, raw), len(raw))
+            return ParsedBody(parse_json_object(raw), len(raw))
         finally:
             if held:
                 self.large.release(tenant)
                 self._trim_soon()
+
+    async def _take_large(self, tenant: str) -> None:
+        """One of the few places for a large body, waiting no longer than a body may be silent."""
+        try:
+            await asyncio.wait_for(self.large.acquire(tenant), self.idle_timeout)
+        except TimeoutError:
+            raise ApiError(
+                "overloaded", "overloaded", "The server is busy receiving other large requests; retry shortly.",
+                headers={"Retry-After": "2"},
+            ) from None
 
     def _trim_soon(self) -> None:
         """Once no large body has been in flight for a moment, hand the freed memory back to the
@@ -116,16 +144,23 @@ class BodyReader:
             else:
                 asyncio.get_running_loop().run_in_executor(None, _malloc_trim, 0)
 
-        self._trim = asyncio.get_running_loop().call_later(1.0, trim)
+        # Long enough for a refused request to have let go of its body and what was made from it.
+        self._trim = asyncio.get_running_loop().call_later(2.0, trim)
 
-    async def _receive(self, request: Request) -> dict[str, Any]:
+    async def _receive(self, request: Request, deadline: float) -> dict[str, Any]:
+        left = deadline - asyncio.get_running_loop().time()
         try:
-            message = await asyncio.wait_for(request.receive(), self.idle_timeout)
+            message = await asyncio.wait_for(request.receive(), max(0.0, min(self.idle_timeout, left)))
         except TimeoutError:
+            why = (
+                f"nothing came for {self.idle_timeout:g} seconds"
+                if left > self.idle_timeout
+                else f"it took more than {self.total_timeout:g} seconds"
+            )
             raise ApiError(
                 "invalid_request",
                 "request_timeout",
-                f"The request body stopped arriving: nothing came for {self.idle_timeout:g} seconds.",
+                f"The request body stopped arriving: {why}.",
                 status=408,
                 headers={"Connection": "close"},
             ) from None
@@ -135,10 +170,18 @@ class BodyReader:
         return message
 
 
-async def read_json(request: Request, tenant: str) -> dict[str, Any]:
+async def read_json(request: Request, tenant: str) -> ParsedBody:
     """The request's JSON object body, through the app's `BodyReader`."""
     reader: BodyReader = request.app.state.bodies
     return await reader.json(request, tenant)
+
+
+async def decode_body(body: ParsedBody, decode: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`decode(*args)`, on a worker thread when the body was large: decoding a hundred thousand
+    messages takes long enough to stall every other request on the event loop."""
+    if body.size > PARSE_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(decode, *args, **kwargs)
+    return decode(*args, **kwargs)
 
 
 class Disconnected(Exception):

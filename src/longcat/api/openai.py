@@ -9,7 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_json, sse, until_disconnect
+from longcat.api.asgi import (
+    Disconnected,
+    EventStream,
+    JSONBody,
+    decode_body,
+    read_json,
+    sse,
+    until_disconnect,
+)
 from longcat.api.models import model_detail, model_summary
 from longcat.canonical import ApiError, Event, collect
 from longcat.gateway.pipeline import Gateway
@@ -31,7 +39,8 @@ async def chat_completions(request: Request) -> Response:
     gateway = _gateway(request)
     try:
         owner = await gateway.authenticate(request.headers)
-        chat = openai_chat.decode(await read_json(request, str(owner.account_id)))
+        body = await read_json(request, str(owner.account_id))
+        chat = await decode_body(body, openai_chat.decode, body.data)
         call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="chat.completions"))
     except ApiError as err:
         return openai_error(err)

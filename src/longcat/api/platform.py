@@ -90,7 +90,7 @@ async def feedback(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
         owner = await gateway.authenticate(request.headers)
-        submission = parse_submission(await read_json(request, str(owner.account_id)))
+        submission = parse_submission((await read_json(request, str(owner.account_id))).data)
         result = await request.app.state.feedback.submit(owner, submission, gateway.clock.now())
     except ApiError as err:
         return openai_error(err)

@@ -14,9 +14,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from longcat.api.asgi import Disconnected, EventStream, JSONBody, read_json, sse, until_disconnect
+from longcat.api.asgi import (
+    Disconnected,
+    EventStream,
+    JSONBody,
+    decode_body,
+    read_json,
+    sse,
+    until_disconnect,
+)
 from longcat.api.openai import openai_error
-from longcat.canonical import ApiError, Error, Event
+from longcat.canonical import ApiError, Error, Event, invalid
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
 from longcat.protocols import openai_responses
@@ -25,6 +33,8 @@ from longcat.store.accounts import KeyOwner
 from longcat.store.responses import ResponseStore
 
 CONTEXT_EXCEEDED = "context_length_exceeded"
+# A stored conversation this long is not continued: each turn would carry (and store) it again.
+MAX_HISTORY_CHARS = 32 * 2**20
 
 Save = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -63,8 +73,8 @@ async def create_response(request: Request) -> Response:
         owner = await gateway.authenticate(request.headers)
         seals = _Seals(request.app.state.signer, owner.account_id)
         body = await read_json(request, str(owner.account_id))
-        history = await _history(store, owner, openai_responses.previous_response_id(body))
-        decoded = openai_responses.decode(body, history, open_seal=seals.opener)
+        history = await _history(store, owner, openai_responses.previous_response_id(body.data))
+        decoded = await decode_body(body, openai_responses.decode, body.data, history, open_seal=seals.opener)
         call = await until_disconnect(request.receive, gateway.admit(owner, decoded.chat, endpoint="responses"))
         # The response object reports the sampling values the engine really uses.
         sampling = call.engine.sampling(call.request)
@@ -103,6 +113,12 @@ async def _history(store: ResponseStore, owner: KeyOwner, response_id: str | Non
             "previous_response_not_found",
             f"Previous response with id {response_id!r} not found. Only responses created with store=true "
             f"by this account can be continued.",
+            param="previous_response_id",
+        )
+    if stored.size > MAX_HISTORY_CHARS:
+        raise invalid(
+            f"The conversation of {response_id!r} is too long to continue with previous_response_id "
+            f"({stored.size / 2**20:.0f} MB of {MAX_HISTORY_CHARS // 2**20} MB); send the input items yourself.",
             param="previous_response_id",
         )
     return stored.history()

@@ -34,9 +34,11 @@ class Engine(abc.ABC):
     """Serves one catalog model. `stream` is the only way to get a reply: non-streaming is collected."""
 
     kind: str = "engine"
-    # The most characters one token of this engine's tokenizer can cover (0: unknown). With it the
-    # gateway refuses a prompt too long for the context before spending a tokenization on it.
+    # The most characters one token of this engine's tokenizer can cover (0: unknown), and the
+    # fewest tokens a message's turn markers take: with them the gateway refuses a prompt too
+    # long for the context before spending a tokenization on it (see `min_prompt_tokens`).
     max_token_chars: int = 0
+    tokens_per_message: int = 0
     # How many prompts may be counted at once (the gateway's tokenization gate); local
     # tokenizers are CPU-bound, remote ones are not.
     measure_slots: int = 8
@@ -53,6 +55,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """What serves this model, truthfully: shown in the model detail."""
+
+    def min_prompt_tokens(self, request: ChatRequest) -> int:
+        """A lower bound on the request's prompt tokens that costs no tokenization (0: unknown)."""
+        if not self.max_token_chars:
+            return 0
+        turns = sum(1 for m in request.messages if m.content)
+        return request.text_chars() // self.max_token_chars + turns * self.tokens_per_message
 
     @abc.abstractmethod
     async def count_tokens(self, request: ChatRequest) -> int:

@@ -45,6 +45,7 @@ from longcat.canonical import (
     Finish,
     FinishReason,
     ImageBlock,
+    Message,
     Sampling,
     TextBlock,
     TextDelta,
@@ -159,6 +160,7 @@ class EmbeddedEngine(Engine):
         # before tokenizing it. Read from the vocabulary itself (llama-cpp-python's detokenize
         # cuts pieces at 32 bytes, which would make the bound refuse prompts that fit).
         self.max_token_chars = read_facts(self.model_path).longest_token_chars
+        self.tokens_per_message = self._turn_tokens()
         log.info(
             "embedded model %s loaded from %s in %.2f s (context %d, %d threads)",
             self.weights_name,
@@ -203,6 +205,17 @@ class EmbeddedEngine(Engine):
             if pieces is not None:
                 return pieces
         raise AssertionError("ChatML keeps every message's marker")
+
+    def _turn_tokens(self) -> int:
+        """The fewest tokens the template adds for one more message (its turn markers)."""
+        one = lambda role: Message(role, [TextBlock("x")])  # noqa: E731
+        x = len(self._llama.tokenize(b"x", add_bos=False, special=False))
+        added = []
+        for first, second in (("user", "assistant"), ("assistant", "user"), ("user", "user")):
+            base = len(self.tokenize(ChatRequest(model="", messages=[one(first)])))
+            more = len(self.tokenize(ChatRequest(model="", messages=[one(first), one(second)])))
+            added.append(more - base - x)
+        return max(0, min(added))
 
     def tokenize(self, request: ChatRequest) -> list[int]:
         tokens: list[int] = []

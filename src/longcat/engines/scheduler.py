@@ -3,7 +3,9 @@
 Waiting requests are grouped by tenant (account) and served round-robin across tenants, first
 come first served within one, so an account that fires fifty requests cannot starve another
 that sends one. `per_tenant` caps how many slots one tenant may hold at once, even when others
-are free. A bounded queue turns overload into a quick 503 instead of an unbounded wait.
+are free. A bounded queue turns overload into a quick 503 instead of an unbounded wait, and
+`per_tenant_waiting` caps one tenant's share of it (a 429 for that tenant), so a single account
+cannot fill the queue and turn everyone else away.
 
 State is kept only for tenants that hold or wait for a slot, so it never outgrows the load.
 """
@@ -13,14 +15,18 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 
-from longcat.canonical import ApiError
+from longcat.canonical import ApiError, rate_limited
 
 
 class FairScheduler:
-    def __init__(self, slots: int = 1, max_waiting: int = 64, per_tenant: int = 0) -> None:
+    def __init__(
+        self, slots: int = 1, max_waiting: int = 64, per_tenant: int = 0, per_tenant_waiting: int = 0, what: str = "the engine"
+    ) -> None:
         self.slots = slots
         self.max_waiting = max_waiting
         self.per_tenant = per_tenant  # 0: no cap per tenant
+        self.per_tenant_waiting = per_tenant_waiting  # 0: no cap per tenant
+        self.what = what  # what is busy, for the 503's message
         self._busy = 0
         self._running: dict[str, int] = {}
         self._queues: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
@@ -51,11 +57,13 @@ class FairScheduler:
         if self._room(tenant):
             self._grant(tenant)
             return
+        if self.per_tenant_waiting and len(self._queues.get(tenant, ())) >= self.per_tenant_waiting:
+            raise rate_limited(1)
         if self.waiting >= self.max_waiting:
             raise ApiError(
                 "overloaded",
                 "overloaded",
-                f"the engine is busy: {self.waiting} requests are already waiting; retry shortly",
+                f"{self.what} is busy: {self.waiting} requests are already waiting; retry shortly",
                 headers={"Retry-After": "2"},
             )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -14,10 +14,11 @@ leases that expire, so a crashed replica cannot hold them forever. Quotas keep `
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from longcat.canonical import retry_seconds  # noqa: F401 (where the limiter's users look for it)
 
 WINDOW = 60.0  # seconds: limits are "per minute"
 
@@ -405,8 +406,3 @@ class RedisCounters:
 
     async def close(self) -> None:
         await self.redis.aclose()
-
-
-def retry_seconds(wait: float) -> int:
-    """What `Retry-After` says: whole seconds, never 0 for a refused request."""
-    return max(1, math.ceil(wait - 1e-9))

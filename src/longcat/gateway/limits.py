@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longcat.canonical import ApiError
+from longcat.canonical import rate_limited
 from longcat.config import Settings
-from longcat.gateway.counters import Bucket, Counters, Slots, retry_seconds
+from longcat.gateway.counters import Bucket, Counters, Slots
 from longcat.store.accounts import KeyOwner
-
-RATE_LIMIT_MESSAGE = "Request rate limit exceeded, please try again later"
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,18 +33,6 @@ class Permit:
     account: Limits
     key_id: int
     account_id: int
-
-
-def rate_limited(wait: float) -> ApiError:
-    """The seed's 429 body, with the real wait in `retry_after` and in `Retry-After`."""
-    seconds = retry_seconds(wait)
-    return ApiError(
-        "rate_limit",
-        "rate_limit_exceeded",
-        RATE_LIMIT_MESSAGE,
-        headers={"Retry-After": str(seconds)},
-        extra={"retry_after": seconds},
-    )
 
 
 class RateLimiter:

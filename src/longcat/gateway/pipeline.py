@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish, ThinkingDelta
+from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish, ThinkingDelta, invalid
 from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
@@ -36,6 +36,10 @@ from longcat.store.accounts import AccountStore, KeyOwner
 from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.gateway")
+
+# Far beyond any real conversation (and any context window), and cheap to refuse.
+MAX_MESSAGES = 20_000
+MAX_TOOLS = 1_000
 usage_log = logging.getLogger("longcat.usage")
 
 
@@ -155,26 +159,36 @@ class Gateway:
         return await self._tokenize(model, engine, request, str(owner.account_id), lambda: engine.count_tokens(request))
 
     async def _tokenize(self, model: ModelConfig, engine: Engine, request: ChatRequest, tenant: str, count):
-        """Run `count()` (a tokenization) for `tenant`: refused at once if the prompt's length
-        alone cannot fit the context, else when the engine's tokenizer gate lets it in."""
-        if engine.max_token_chars:
-            at_least = request.text_chars() // engine.max_token_chars
-            if at_least >= model.context_window:
-                raise context_exceeded(model, at_least, at_least=True)
+        """Run `count()` (a tokenization) for `tenant`: refused at once if the prompt's size
+        alone cannot fit the context, else when the engine's tokenizer gate lets it in.
+
+        A tokenization in progress cannot be interrupted, so when the client leaves it runs on,
+        holding its place at the gate until it is really done: abandoning requests cannot pile
+        up work behind the gate's back."""
+        if len(request.messages) > MAX_MESSAGES or len(request.tools) > MAX_TOOLS:
+            raise invalid(
+                f"A request may hold at most {MAX_MESSAGES:,} messages and {MAX_TOOLS:,} tools.",
+                param="messages" if len(request.messages) > MAX_MESSAGES else "tools",
+            )
+        at_least = engine.min_prompt_tokens(request)
+        if at_least >= model.context_window:
+            raise context_exceeded(model, at_least, at_least=True)
         gate = self._gate(model, engine)
         await gate.acquire(tenant)
-        try:
-            return await count()
-        finally:
-            gate.release(tenant)
+        work = asyncio.ensure_future(count())
+        work.add_done_callback(lambda _done: gate.release(tenant))
+        return await asyncio.shield(work)
 
     def _gate(self, model: ModelConfig, engine: Engine) -> FairScheduler:
         gate = self._gates.get(model.id)
         if gate is None:
+            limit = self.settings.engine_queue_limit
             gate = self._gates[model.id] = FairScheduler(
                 slots=max(1, engine.measure_slots),
-                max_waiting=self.settings.engine_queue_limit,
+                max_waiting=limit,
                 per_tenant=self.settings.account_tokenize_concurrency,
+                per_tenant_waiting=max(1, limit // 8),
+                what=f"the tokenizer of {model.id!r}",
             )
         return gate
 

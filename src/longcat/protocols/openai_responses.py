@@ -126,7 +126,7 @@ def decode(
         if body.get(unsupported) not in (None, False):
             raise invalid(f"'{unsupported}' is not supported on this platform; {hint}.", param=unsupported)
 
-    own_items = _input_items(body.get("input"))
+    own_items = [_kept(item) for item in _input_items(body.get("input"))]
     items = list(history or []) + own_items
     system, messages = _conversation(items, len(history or []), open_seal)
     instructions = get_str(body, "instructions")
@@ -208,6 +208,31 @@ def _input_items(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise wrong_type(f"input[{i}]", "an object", item)
     return raw
+
+
+# The fields of input items (and of their content parts) that mean something here: what a stored
+# conversation keeps. Anything else a client adds is dropped, so it is neither stored nor
+# carried along every later turn of a `previous_response_id` chain.
+_ITEM_FIELDS = {
+    "message": {"content"},
+    "function_call": {"call_id", "name", "arguments", "namespace"},
+    "custom_tool_call": {"call_id", "name", "input"},
+    "function_call_output": {"call_id", "output"},
+    "custom_tool_call_output": {"call_id", "output"},
+    "reasoning": {"summary", "content", "encrypted_content"},
+}
+_COMMON_FIELDS = {"type", "id", "role", "status"}
+_PART_FIELDS = {"type", "text", "image_url", "file_id", "file_data", "filename", "detail"}
+
+
+def _kept(item: dict[str, Any]) -> dict[str, Any]:
+    kind = item.get("type", "message" if "role" in item else None)
+    fields = _COMMON_FIELDS | _ITEM_FIELDS.get(kind, set()) if isinstance(kind, str) else _COMMON_FIELDS
+    kept = {k: v for k, v in item.items() if k in fields}
+    for key in ("content", "output", "summary"):
+        if isinstance(kept.get(key), list):
+            kept[key] = [{k: v for k, v in p.items() if k in _PART_FIELDS} if isinstance(p, dict) else p for p in kept[key]]
+    return kept
 
 
 def _conversation(items: list[dict[str, Any]], offset: int, open_seal: OpenSeal | None) -> tuple[list[TextBlock], list[Message]]:

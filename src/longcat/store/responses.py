@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +23,14 @@ class StoredResponse:
     created_at: int
     body: dict[str, Any]
     items: list[dict[str, Any]]
+    size: int = 0  # characters stored (body and items): what continuing from it carries along
 
     def history(self) -> list[dict[str, Any]]:
         """What a continuation starts from: the conversation's input, then this response's output."""
         return self.items + list(self.body.get("output") or [])
+
+
+OFF_LOOP_CHARS = 256 * 1024
 
 
 def _dumps(value: Any) -> str:
@@ -37,6 +42,8 @@ class ResponseStore:
         self.engine = engine
 
     async def save(self, body: dict[str, Any], items: list[dict[str, Any]], *, account_id: int, key_id: int | None) -> None:
+        # On a worker thread: a long conversation is megabytes of JSON, too long for the event loop.
+        body_text, items_text = await asyncio.to_thread(lambda: (_dumps(body), _dumps(items)))
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(responses).values(
@@ -46,8 +53,8 @@ class ResponseStore:
                     model=body["model"],
                     status=body["status"],
                     created_at=int(body["created_at"]),
-                    body=_dumps(body),
-                    items=_dumps(items),
+                    body=body_text,
+                    items=items_text,
                 )
             )
 
@@ -58,9 +65,12 @@ class ResponseStore:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
-        return StoredResponse(
-            row.id, row.account_id, row.model, row.status, row.created_at, json.loads(row.body), json.loads(row.items)
-        )
+        size = len(row.body) + len(row.items)
+        if size > OFF_LOOP_CHARS:
+            body, items = await asyncio.to_thread(lambda: (json.loads(row.body), json.loads(row.items)))
+        else:
+            body, items = json.loads(row.body), json.loads(row.items)
+        return StoredResponse(row.id, row.account_id, row.model, row.status, row.created_at, body, items, size)
 
     async def delete(self, response_id: str, account_id: int) -> bool:
         async with self.engine.begin() as conn:
