@@ -51,3 +51,26 @@ def test_usage_totals_come_from_the_daily_aggregate(tmp_path):
         assert statistics.median(times) < 0.1, times
     finally:
         server.stop()
+
+
+def test_stored_conversations_keep_only_what_means_something(tmp_path):
+    """Unknown fields in input items (padding) are neither stored nor carried along a chain."""
+    server = Server(tmp_path, write_config(tmp_path / "config.toml", MOCK_CATALOG), free_port()).start()
+    try:
+        key = server.new_key(f"pad{uuid.uuid4().hex[:8]}@example.com")
+        pad = "x" * 2_000_000
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello", "junk": pad}], "pad": pad}
+        previous = None
+        with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            for _ in range(3):
+                body = {"model": "mock-echo", "input": [item], "store": True}
+                if previous:
+                    body["previous_response_id"] = previous
+                r = client.post("/openai/v1/responses", json=body)
+                assert r.status_code == 200, r.text[:300]
+                previous = r.json()["id"]
+        with sqlite3.connect(server.data_dir / "longcat.db") as db:
+            stored = db.execute("SELECT sum(length(items)) + sum(length(body)) FROM responses").fetchone()[0]
+        assert stored < 20_000, stored  # three turns of "hello", not 12 MB of padding
+    finally:
+        server.stop()
