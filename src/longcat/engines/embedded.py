@@ -124,8 +124,9 @@ class EmbeddedEngine(Engine):
         self.default_temperature = float(opts.get("default_temperature", 0.7))
         self.structured_temperature = float(opts.get("structured_temperature", 0.2))
         self.repeat_penalty = float(opts.get("repeat_penalty", 1.1))
-        # One account may hold a quarter of the queue: it cannot turn every other account away.
-        self.scheduler = FairScheduler(slots=1, max_waiting=queue_limit, per_tenant_waiting=max(1, queue_limit // 4))
+        # One account may hold half the queue (as many as its default concurrency limit): it
+        # cannot turn every other account away.
+        self.scheduler = FairScheduler(slots=1, max_waiting=queue_limit, per_tenant_waiting=max(1, queue_limit // 2))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-engine")
         self._llama: Any = None
         self._template: Any = None

@@ -182,12 +182,14 @@ class Gateway:
     def _gate(self, model: ModelConfig, engine: Engine) -> FairScheduler:
         gate = self._gates.get(model.id)
         if gate is None:
-            limit = self.settings.engine_queue_limit
+            # Waiting to be counted is cheap (no prompt is held twice), so the queue is longer
+            # than the engine's; one account may take a quarter of it.
+            limit = 4 * self.settings.engine_queue_limit
             gate = self._gates[model.id] = FairScheduler(
                 slots=max(1, engine.measure_slots),
                 max_waiting=limit,
                 per_tenant=self.settings.account_tokenize_concurrency,
-                per_tenant_waiting=max(1, limit // 8),
+                per_tenant_waiting=max(1, limit // 4),
                 what=f"the tokenizer of {model.id!r}",
             )
         return gate
