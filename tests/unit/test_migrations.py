@@ -22,8 +22,12 @@ async def tables(url: str) -> set[str]:
         await engine.dispose()
 
 
+STEPS = [v for v, _, _ in MIGRATIONS]
+
+
 def test_steps_are_numbered_in_order():
-    assert [v for v, _, _ in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    # Increasing and unique; a number may be missing while the branch that owns it is unmerged.
+    assert STEPS == sorted(set(STEPS)) and STEPS[0] == 1
 
 
 def test_sqlite_migrates_once(tmp_path):
@@ -37,7 +41,7 @@ def test_sqlite_migrates_once(tmp_path):
             await engine.dispose()
 
     first, second = asyncio.run(main())
-    assert first == list(range(1, LATEST + 1)) and second == []
+    assert first == STEPS and second == []
     assert set(metadata.tables) | {"schema_version"} <= asyncio.run(tables(url))
 
 
@@ -57,7 +61,7 @@ def test_postgres_replicas_starting_together_migrate_once():
                     await e.dispose()
 
         results = asyncio.run(main())
-        assert sorted(len(r) for r in results) == [0, 0, 0, LATEST]
+        assert sorted(len(r) for r in results) == [0, 0, 0, len(STEPS)]
         assert set(metadata.tables) <= asyncio.run(tables(url))
     finally:
         subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
@@ -93,5 +97,5 @@ def test_step_2_claims_the_first_valid_copy_of_each_feedback_text(tmp_path):
             await engine.dispose()
 
     applied, rows = asyncio.run(main())
-    assert applied == [2]
+    assert applied == [v for v in STEPS if v > 1]
     assert [tuple(r) for r in rows] == [(1, "h1"), (2, None), (3, None)]

@@ -49,9 +49,31 @@ def _feedback_counted_hash(conn: Connection) -> None:
         conn.exec_driver_sql("CREATE UNIQUE INDEX ux_feedback_counted ON feedback (account_id, counted_hash)")
 
 
+def _console(conn: Connection) -> None:
+    """The web console: sessions, emailed links, invites, the audit log, verified emails."""
+    from longcat.store.schema import audit_log, email_tokens, invites, sessions
+
+    metadata.create_all(conn, tables=[sessions, email_tokens, invites, audit_log])  # checks first
+    if "email_verified" not in {c["name"] for c in inspect(conn).get_columns("accounts")}:
+        conn.exec_driver_sql("ALTER TABLE accounts ADD COLUMN email_verified BOOLEAN NOT NULL DEFAULT TRUE")
+
+
+def _usage_log_indexes(conn: Connection) -> None:
+    """Indexes the Usage page's request log needs (filters by key and model, newest first)."""
+    from longcat.store.schema import usage_records
+
+    have = {i["name"] for i in inspect(conn).get_indexes("usage_records")}
+    for index in usage_records.indexes:
+        if index.name not in have:
+            index.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, keys, usage, quotas, ledger, feedback, stored responses", _initial),
     (2, "feedback: unique claim on each valid text", _feedback_counted_hash),
+    # Step 3 is taken by the feedback_days table (another branch).
+    (4, "console: sessions, email tokens, invites, audit log, email_verified", _console),
+    (5, "usage log indexes for the console", _usage_log_indexes),
 ]
 
 LATEST = MIGRATIONS[-1][0]
