@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from longcat.console.apispec import B, I, NI, S, Api, arr, obj
 from longcat.console.web import Ctx, base_url, console, endpoint, json_ok, page, read_json_body
-from longcat.gateway.actions import ActionError
+from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.principal import Principal
 
 KEY = obj(
@@ -72,7 +72,7 @@ async def key_action(ctx: Ctx) -> Response:
         elif action == "delete":
             await ctx.c.keys.delete(aid, kid)
         else:
-            raise ActionError("not_found", "There is no such action.", 404)
+            raise ActionError("not_found", N_("There is no such action."), 404)
     except ActionError as e:
         return await _render(ctx, status=e.status, fragment=True, error=ctx.err(e))
     if ctx.request.headers.get("hx-request"):

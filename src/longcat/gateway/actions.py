@@ -31,8 +31,15 @@ class ActionError(Exception):
         return template % self.params if self.params else template
 
 
+_NOT_FOUND = {
+    "key": N_("There is no such key in this account."),
+    "account": N_("There is no such account."),
+    "invite": N_("There is no such invite code."),
+}
+
+
 def not_found(what: str = "key") -> ActionError:
-    return ActionError("not_found", N_("There is no such %(what)s in this account."), 404, what=what)
+    return ActionError("not_found", _NOT_FOUND[what], 404)
 
 
 def forbidden() -> ActionError:
