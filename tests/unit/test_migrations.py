@@ -99,3 +99,36 @@ def test_step_2_claims_the_first_valid_copy_of_each_feedback_text(tmp_path):
     applied, rows = asyncio.run(main())
     assert applied == [v for v in STEPS if v > 1]
     assert [tuple(r) for r in rows] == [(1, "h1"), (2, None), (3, None)]
+
+
+def test_step_5_rolls_up_the_usage_records_already_there(tmp_path):
+    """A database from before the console gets the usage rollup filled from its records."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+
+    async def main():
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("DROP TABLE usage_rollup")
+                await conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 5")
+                await conn.exec_driver_sql(
+                    "INSERT INTO accounts (email, is_admin, disabled, created_at) VALUES ('a@example.com', 0, 0, 0)"
+                )
+                for i, (key, model, status) in enumerate([(1, "m", "ok"), (1, "m", "ok"), (2, "m", "length")]):
+                    await conn.exec_driver_sql(
+                        "INSERT INTO usage_records (request_id, account_id, key_id, model, endpoint, stream, input_tokens, output_tokens,"
+                        " cached_tokens, billed_tokens, status, latency_ms, day, created_at)"
+                        f" VALUES ('r{i}', 1, {key}, '{model}', 'chat.completions', 0, 10, 5, 2, 15, '{status}', 100, '2026-11-25', 0)"
+                    )
+            applied = await migrate(engine)
+            async with engine.connect() as conn:
+                rows = (await conn.exec_driver_sql(
+                    "SELECT key_id, status, requests, input_tokens, billed_tokens, latency_ms FROM usage_rollup ORDER BY key_id")).all()
+            return applied, [tuple(r) for r in rows]
+        finally:
+            await engine.dispose()
+
+    applied, rows = asyncio.run(main())
+    assert applied == [5]
+    assert rows == [(1, "ok", 2, 20, 30, 200), (2, "length", 1, 10, 15, 100)]

@@ -58,14 +58,23 @@ def _console(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE accounts ADD COLUMN email_verified BOOLEAN NOT NULL DEFAULT TRUE")
 
 
-def _usage_log_indexes(conn: Connection) -> None:
-    """Indexes the Usage page's request log needs (filters by key and model, newest first)."""
-    from longcat.store.schema import usage_records
+def _usage_log(conn: Connection) -> None:
+    """The Usage page at any size: the request log's covering index, and the rollup its totals
+    and breakdowns read, filled from the records already there."""
+    from longcat.store.schema import usage_records, usage_rollup
 
     have = {i["name"] for i in inspect(conn).get_indexes("usage_records")}
     for index in usage_records.indexes:
         if index.name not in have:
             index.create(conn)
+    if "usage_rollup" not in inspect(conn).get_table_names():
+        usage_rollup.create(conn)
+        conn.exec_driver_sql(
+            "INSERT INTO usage_rollup (account_id, day, key_id, model, status, requests, input_tokens, output_tokens, "
+            "cached_tokens, billed_tokens, latency_ms) SELECT account_id, day, key_id, model, status, COUNT(*), "
+            "SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(billed_tokens), SUM(latency_ms) "
+            "FROM usage_records GROUP BY account_id, day, key_id, model, status"
+        )
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
@@ -73,7 +82,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "feedback: unique claim on each valid text", _feedback_counted_hash),
     # Step 3 is taken by the feedback_days table (another branch).
     (4, "console: sessions, email tokens, invites, audit log, email_verified", _console),
-    (5, "usage log indexes for the console", _usage_log_indexes),
+    (5, "usage log: covering index and rollup for the console", _usage_log),
 ]
 
 LATEST = MIGRATIONS[-1][0]
