@@ -52,7 +52,7 @@ async def fill(app, account_id: int, key_ids: list[int], n: int) -> None:
     now = time.time()
     rng = random.Random(7)
     batch = []
-    for i in range(n):
+    for _ in range(n):
         at = now - rng.random() * 29 * 86400
         inp, out = rng.randint(20, 4000), rng.randint(1, 1500)
         batch.append(UsageRecord(

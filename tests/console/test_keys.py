@@ -52,7 +52,8 @@ def test_names_are_validated_with_clear_messages(console_server):
     assert b.api("POST", "/api/v1/keys", {}).status_code == 400
     r = b.post_form("/keys", {"name": "x"}, token_from="/keys")
     assert r.status_code == 400 and "2 to 50 characters" in r.text
-    zh = b.client.post("/keys", data={"csrf_token": b.csrf("/keys"), "name": "x"}, cookies={"lc_lang": "zh_CN"})
+    b.client.cookies.set("lc_lang", "zh_CN", domain="127.0.0.1")
+    zh = b.client.post("/keys", data={"csrf_token": b.csrf("/keys"), "name": "x"})
     assert "2 到 50 个字符" in zh.text
 
 

@@ -6,7 +6,7 @@ A route added to the app without a row here fails `test_every_route_is_in_the_ma
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest

@@ -36,7 +36,7 @@ def test_filters_totals_pagination_and_csv_of_exactly_the_filtered_rows(console_
     assert only["totals"]["requests"] == 4 and {r["model"] for r in only["rows"]} == {"mock-thinking"}
     html = b.get(f"/usage?key={k2}&model=mock-thinking")
     assert html.status_code == 200 and "Total of all 4 matching requests" in html.text
-    assert f'name="key"' in html.text and f'value="{k2}" selected' in html.text  # the filter stays in the page and URL
+    assert 'name="key"' in html.text and f'value="{k2}" selected' in html.text  # the filter stays in the page and URL
     rows = list(csv.reader(io.StringIO(b.get(f"/usage.csv?key={k2}").text)))
     assert rows[0][:3] == ["time_utc", "time_beijing", "request_id"]
     body, total = rows[1:-1], rows[-1]

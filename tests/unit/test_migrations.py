@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import inspect
 
 from longcat.store.db import create_engine
-from longcat.store.migrations import LATEST, MIGRATIONS, migrate
+from longcat.store.migrations import MIGRATIONS, migrate
 from longcat.store.schema import metadata
 
 

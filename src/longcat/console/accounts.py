@@ -10,7 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from longcat.console import i18n
-from longcat.console.apispec import B, I, S, Api, arr, obj
+from longcat.console.apispec import Api, B, I, S, arr, obj
 from longcat.console.web import (
     THEME_COOKIE,
     THEMES,

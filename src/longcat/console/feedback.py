@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from longcat.canonical import ApiError
-from longcat.console.apispec import B, I, NS, S, Api, arr, obj
+from longcat.console.apispec import NS, Api, B, I, S, arr, obj
 from longcat.console.web import Ctx, console, endpoint, json_ok, page
 from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.clock import beijing_day

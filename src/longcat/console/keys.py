@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from longcat.console.apispec import B, I, NI, S, Api, arr, obj
+from longcat.console.apispec import NI, Api, B, I, S, arr, obj
 from longcat.console.web import Ctx, base_url, console, endpoint, json_ok, page, read_json_body
 from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.principal import Principal

@@ -12,11 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from longcat.console.apispec import B, I, N, S, Api, arr, obj
+from longcat.console.apispec import Api, B, I, N, S, arr, obj
 from longcat.console.web import Ctx, base_url, console, endpoint, page, read_json_body
 from longcat.gateway import playground as pg
 from longcat.gateway.actions import ActionError
 from longcat.gateway.principal import Principal
+
+
+def pretty(value: Any) -> str:
+    """SSE text as it was sent; JSON bodies indented."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
 
 
 def _models(c) -> list[str]:
@@ -55,7 +60,6 @@ async def playground_page(ctx: Ctx) -> Response:
         snippets = pg.snippets(base_url(ctx.request), pg.parse_exchange(
             {"format": "openai", "model": form["model"] or (models[0] if models else ""), "messages": [{"role": "user", "content": "Hello!"}],
              "temperature": 0.7, "max_tokens": 512, "stream": False}, models)) if models else {}
-    pretty = (lambda v: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, indent=2))
     return ctx.render("playground.html", status=status, models=models, form=form, result=result, error=error, snippets=snippets,
                       exchange=exchange, pretty=pretty)
 

@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from longcat.console import charts
-from longcat.console.apispec import I, NS, S, Api, arr, obj
+from longcat.console.apispec import NS, Api, I, S, arr, obj
 from longcat.console.state import Console
 from longcat.console.web import Ctx, console, endpoint, json_ok, page
 from longcat.gateway.actions import N_, ActionError

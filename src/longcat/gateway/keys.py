@@ -11,7 +11,14 @@ from typing import Any
 
 from longcat.config import Settings
 from longcat.gateway.actions import N_, ActionError, not_found
-from longcat.store.accounts import MAX_ACTIVE_KEYS, MAX_LIFETIME_KEYS, AccountStore, ApiKey, LimitOverrides, StoreError
+from longcat.store.accounts import (
+    MAX_ACTIVE_KEYS,
+    MAX_LIFETIME_KEYS,
+    AccountStore,
+    ApiKey,
+    LimitOverrides,
+    StoreError,
+)
 
 
 def key_view(key: ApiKey, limits: LimitOverrides, settings: Settings) -> dict[str, Any]:
