@@ -57,6 +57,20 @@ def percent(part: Any, whole: Any) -> float:
         return 0.0
 
 
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"), ("Safari/", "Safari"),
+             ("curl/", "curl"), ("python-httpx", "httpx"), ("python-requests", "requests"), ("OpenAI/", "OpenAI SDK"))
+_SYSTEMS = (("Windows", "Windows"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Android", "Android"), ("Mac OS X", "macOS"),
+            ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def user_agent(ua: Any) -> str:
+    """'Chrome · Linux' rather than the whole User-Agent string."""
+    text = str(ua or "")
+    browser = next((name for mark, name in _BROWSERS if mark in text), "")
+    system = next((name for mark, name in _SYSTEMS if mark in text), "")
+    return " · ".join(p for p in (browser, system) if p) or text[:40]
+
+
 def for_language(lang: str) -> dict[str, Any]:
     return {
         "number": number,
@@ -65,4 +79,5 @@ def for_language(lang: str) -> dict[str, Any]:
         "iso": iso,
         "utc": utc,
         "percent": percent,
+        "user_agent": user_agent,
     }
