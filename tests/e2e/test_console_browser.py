@@ -8,7 +8,6 @@ import csv
 import io
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -134,6 +133,8 @@ def test_newcomer_journey(browser, server):
         assert "[DONE]" in page.locator("#res-openai").inner_text()
         assert page.locator(f'[data-chosen="{fmt}"]').is_visible()
     assert page.locator(".msg.assistant").count() == 2
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground-exchange.en.light.desktop.png"), full_page=True)
     page.get_by_role("tab", name="Python · Anthropic SDK").click()
     assert "from anthropic import Anthropic" in page.locator("#snip-python_anthropic").inner_text()
     assert secret not in page.content()
@@ -207,9 +208,7 @@ def _axe(page) -> list[dict]:
 
 def test_every_page_both_languages_both_themes_axe_and_screenshots(browser, server):
     data = _populate(server)
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     problems = []
     shots = 0
     for lang in ("en", "zh_CN"):
