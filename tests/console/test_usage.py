@@ -103,6 +103,11 @@ def test_playground_refuses_when_the_quota_is_spent(console_server, admin):
                       json={"model": "mock-echo", "messages": [{"role": "user", "content": "this prompt is longer than three tokens"}]})
     events = dict((m.group(1), json.loads(m.group(2))) for m in re.finditer(r"event: (\w+)\ndata: (.*)\n\n", r.text))
     assert events["error"]["code"] == "insufficient_quota" and events["error"]["anthropic"]["type"] == "error"
+    assert events["error"]["text"].startswith("Your daily quota cannot cover")
+    b.client.cookies.set("lc_lang", "zh_CN", domain="127.0.0.1")
+    page = b.post_form("/playground", {"format": "openai", "model": "mock-echo", "message": "this prompt is longer than three tokens"},
+                       token_from="/playground")
+    assert "你今天的额度不足以完成这次请求" in page.text and "insufficient_quota" in page.text
 
 
 def test_feedback_outcome_remaining_and_history(console_server):

@@ -15,8 +15,21 @@ from starlette.routing import Route
 from longcat.console.apispec import Api, B, I, N, S, arr, obj
 from longcat.console.web import Ctx, base_url, console, endpoint, page, read_json_body
 from longcat.gateway import playground as pg
-from longcat.gateway.actions import ActionError
+from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.principal import Principal
+
+# The gateway's errors are English (they are the API's); the page says the common ones in its language.
+ERROR_TEXT = {
+    "insufficient_quota": N_("Your daily quota cannot cover this request. It refreshes at 00:00 Beijing time; valid feedback may also earn a refresh."),
+    "rate_limit_exceeded": N_("Too many requests right now. Wait a moment and send again."),
+    "context_length_exceeded": N_("The conversation is longer than this model's context window. Start a new conversation or shorten it."),
+    "overloaded": N_("The model is busy right now. Try again in a moment."),
+}
+
+
+def localized(error: dict[str, Any], gettext) -> str:
+    text = ERROR_TEXT.get(error.get("code", ""))
+    return gettext(text) if text else error.get("message", "")
 
 
 def pretty(value: Any) -> str:
@@ -52,6 +65,8 @@ async def playground_page(ctx: Ctx) -> Response:
             snippets = pg.snippets(base_url(ctx.request), ex)
             result = {}
             async for name, data in pg.run(c.gateway, await _owner(c, ctx.user), ex, c.secret):
+                if name == "error":
+                    data = {**data, "message": localized(data, ctx.gettext)}
                 if name in ("request", "done", "error"):
                     result[name] = data
         except ActionError as e:
@@ -72,11 +87,16 @@ async def api_playground(request: Request, who: Principal | None) -> Response:
     ex = pg.parse_exchange(body, _models(c))
     owner = await _owner(c, who)
     snippets = pg.snippets(base_url(request), ex)
+    from longcat.console import i18n
+
+    gettext = c.translations[i18n.negotiate(request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))].gettext
 
     async def frames() -> AsyncIterator[bytes]:
         async for name, data in pg.run(c.gateway, owner, ex, c.secret):
             if name == "request":
                 data = {**data, "snippets": snippets}
+            elif name == "error":
+                data = {**data, "text": localized(data, gettext)}
             yield f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
     return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8",

@@ -93,7 +93,7 @@
           } else if (name === "error") {
             out.parentElement.className = "msg error";
             out.previousElementSibling.textContent = form.dataset.errorLabel;
-            out.textContent = msg.message;
+            out.textContent = msg.text || msg.message;
             show("res-openai", msg.openai); show("res-anthropic", msg.anthropic);
             history.pop();
             finished = true;
