@@ -25,10 +25,15 @@ def test_verification_and_reset_links(tmp_path):
         email = unique_email()
         b = signed_in(server, email)
         assert "not confirmed yet" in b.get("/account").text
+        assert "Confirm your email address first" in b.get("/keys").text
         body = wait_mail(sink, 1)
         assert sink.messages[0]["To"] == email and sink.messages[0]["From"] == "noreply@longcat.test"
         link = re.search(r"(/verify-email\?token=\S+)", body).group(1)
+        refused = b.api("POST", "/api/v1/keys", {"name": "too early"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "email_unconfirmed"
+        assert "Confirm your email address first" in b.post_form("/keys", {"name": "too early"}, token_from="/keys").text
         assert "confirmed" in b.get(link).text
+        assert b.api("POST", "/api/v1/keys", {"name": "after confirming"}).status_code == 201
         assert "not confirmed yet" not in b.get("/account").text
         assert "does not work" in b.get(link).text  # a link works once
 

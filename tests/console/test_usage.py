@@ -183,3 +183,6 @@ def test_openapi_lists_every_endpoint(console_server):
     assert {("GET", "/api/v1/usage"), ("GET", "/api/v1/usage/daily"), ("POST", "/api/v1/feedback")} <= listed
     ops = [op for ops in doc["paths"].values() for op in ops.values()]
     assert len({op["operationId"] for op in ops}) == len(ops)
+    from openapi_spec_validator import validate
+
+    validate(doc)  # raises on anything OpenAPI 3.1 does not allow

@@ -21,11 +21,20 @@ KEY = obj(
 NEW_KEY = obj(key=KEY, secret={"type": "string", "description": "the key itself: in this response only"})
 
 
+async def email_confirmed(c, account_id: int) -> bool:
+    """Unconfirmed addresses matter only while the platform can send the confirmation."""
+    if not c.desk.mailer.enabled:
+        return True
+    row = await c.accounts.account_row(account_id)
+    return bool(row and row["email_verified"])
+
+
 async def keys_data(ctx: Ctx) -> dict[str, Any]:
     assert ctx.user is not None
     c = ctx.c
     aid = ctx.user.account.id
-    return {"keys": await c.keys.list(aid), "counts": await c.keys.counts(aid), "model": next(iter(c.gateway.catalog.models), "")}
+    return {"keys": await c.keys.list(aid), "counts": await c.keys.counts(aid), "model": next(iter(c.gateway.catalog.models), ""),
+            "email_confirmed": await email_confirmed(c, aid)}
 
 
 def _curl(base: str, secret: str, model: str) -> str:
@@ -52,7 +61,7 @@ async def create_key(ctx: Ctx) -> Response:
     assert ctx.user is not None
     name = ctx.form.get("name", "")
     try:
-        key, secret = await ctx.c.keys.create(ctx.user.account.id, name)
+        key, secret = await ctx.c.keys.create(ctx.user.account.id, name, email_confirmed=await email_confirmed(ctx.c, ctx.user.account.id))
     except ActionError as e:
         return await _render(ctx, status=e.status, fragment=True, error=ctx.err(e), name=name[:50])
     data = await keys_data(ctx)
@@ -94,7 +103,8 @@ async def api_keys(request: Request, who: Principal | None) -> Response:
 async def api_create_key(request: Request, who: Principal | None) -> Response:
     assert who is not None
     body = await read_json_body(request)
-    key, secret = await console(request).keys.create(who.account.id, body.get("name"))
+    c = console(request)
+    key, secret = await c.keys.create(who.account.id, body.get("name"), email_confirmed=await email_confirmed(c, who.account.id))
     return json_ok({"key": key, "secret": secret}, 201)
 
 

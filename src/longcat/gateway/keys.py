@@ -62,8 +62,11 @@ class KeyDesk:
         active, lifetime = await self.accounts.key_counts(account_id)
         return {"active": active, "max_active": MAX_ACTIVE_KEYS, "lifetime": lifetime, "max_lifetime": MAX_LIFETIME_KEYS}
 
-    async def create(self, account_id: int, name: Any) -> tuple[dict[str, Any], str]:
-        """A new key and its secret (shown once, never stored)."""
+    async def create(self, account_id: int, name: Any, *, email_confirmed: bool = True) -> tuple[dict[str, Any], str]:
+        """A new key and its secret (shown once, never stored). With email verification on, an
+        account must confirm its address first: a key is what an unowned address could abuse."""
+        if not email_confirmed:
+            raise ActionError("email_unconfirmed", N_("Confirm your email address first: open the link we sent you (the Account page can send it again)."), 403)
         name = check_name(name)
         active, lifetime = await self.accounts.key_counts(account_id)
         if lifetime >= MAX_LIFETIME_KEYS:
