@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.console import admin_password, start_console_server, unique_email
 
+pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("LONGCAT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
