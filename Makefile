@@ -1,6 +1,7 @@
 # make serve  - set up (first time) and start the platform with the embedded model
 # make test   - set up (first time) and run the whole test suite
-# make bench  - run the benchmarks in bench/ (engine, gateway, upstream; each prints a ratio)
+# make bench  - run the benchmarks in bench/ (engine, gateway, upstream, console; each prints a ratio)
+# make messages - bring the console's translation catalogs up to date with the sources
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN     = $(VENV)/bin
 AGENTS  = tests/e2e/agents
 ARGS   ?=
 
-.PHONY: serve test test-fast bench lint clean
+.PHONY: serve test test-fast bench lint messages clean
 
 serve: $(VENV)/.installed
 	$(BIN)/longcat serve $(ARGS)
@@ -24,6 +25,10 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/upstream.py
+	$(BIN)/python bench/console_usage.py
+
+messages: $(VENV)/.dev-installed
+	$(BIN)/python -m longcat.console.messages
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench

@@ -18,6 +18,8 @@ from longcat.api import responses as responses_routes
 from longcat.api.asgi import BodyReader, JSONBody
 from longcat.canonical import ApiError
 from longcat.config import Settings
+from longcat.console.routes import routes as console_routes
+from longcat.console.state import Console
 from longcat.engines.catalog import Catalog
 from longcat.gateway.clock import make_clock
 from longcat.gateway.counters import MemoryCounters, RedisCounters
@@ -98,6 +100,7 @@ def create_app(settings: Settings) -> Starlette:
         *openai_routes.routes(),
         *anthropic_routes.routes(),
         *platform_routes.routes(),
+        *console_routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -114,4 +117,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.usage = usage
     app.state.bodies = BodyReader(idle_timeout=settings.body_timeout)
     app.state.feedback = FeedbackDesk(settings, gateway.quota)
+    app.state.console = Console.build(settings, gateway, app.state.feedback, app.state.secret_key)
+    app.state.sessions = app.state.console.sessions  # lets /api/v1/usage and /feedback accept a session too
     return app

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(quota)
     quota.add_argument("email")
     quota.add_argument("tokens", help="tokens per day, or 'default' for the configured default")
+    setpw = users.add_parser("set-password", help="set an account's password and sign out its console sessions")
+    _common(setpw)
+    setpw.add_argument("email")
+    setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input (else one is generated)")
     usage = users.add_parser("usage", help="show an account's usage and quota for a day")
     _common(usage)
     usage.add_argument("email")
@@ -117,6 +121,26 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     account = _with_store(_settings(args), lambda s: s.create_account(args.email, password, is_admin=args.admin))
     print(f"created account {account.id} {account.email}{' (admin)' if account.is_admin else ''}")
     if generated:
+        print(f"password: {password}")
+    return 0
+
+
+def cmd_users_set_password(args: argparse.Namespace) -> int:
+    from longcat.store.credentials import hash_password
+    from longcat.store.sessions import SessionStore
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else new_password()
+    if len(password) < 8:
+        raise StoreError("the password must be at least 8 characters")
+
+    async def work(store: AccountStore):
+        account = await store.require_account(args.email)
+        await store.update_account(account.id, password_hash=hash_password(password))
+        return account, await SessionStore(store.engine).revoke_all(account.id)
+
+    account, signed_out = _with_store(_settings(args), work)
+    print(f"{account.email}: password changed; {signed_out} console session(s) signed out")
+    if not args.password_stdin:
         print(f"password: {password}")
     return 0
 
@@ -265,12 +289,14 @@ def print_banner(settings: Settings, first: tuple[str, str] | None) -> None:
         "  models   : " + ", ".join(f"{m.id} ({m.engine}, context {m.context_window:,})" for m in settings.models),
         f"  OpenAI   : {base}/openai/v1",
         f"  Anthropic: {base}/anthropic",
+        f"  Console  : {base}/",
     ]
     if first:
         password, key = first
         lines += [
             "",
             f"First start: created the admin account {ADMIN_EMAIL} (password: {password}).",
+            f"Sign in to the console at {base}/login as {ADMIN_EMAIL} with that password.",
             "Your API key (shown only this once; store it now):",
             f"  {key}",
             "Try it:",
@@ -295,6 +321,7 @@ def configure_logging(level: str) -> None:
 HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("serve", None): cmd_serve,
     ("users", "create"): cmd_users_create,
+    ("users", "set-password"): cmd_users_set_password,
     ("keys", "create"): cmd_keys_create,
     ("keys", "list"): cmd_keys_list,
     ("keys", "disable"): _cmd_key_status("disabled"),

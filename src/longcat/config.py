@@ -112,6 +112,23 @@ class Settings:
     # Signs what the platform hands out and must recognise later (thinking signatures, sessions).
     # Empty: a random key kept in <data_dir>/secret.key. Replicas must share one.
     secret_key: str = ""
+    # The web console. Who may create an account: open | invite (an admin's invite code) | closed.
+    registration: str = "open"
+    # smtp://user:pass@host:587 (STARTTLS) or smtps://…:465, with ?from=addr: verification and
+    # password-reset emails. Empty: no email; `longcat users set-password` resets passwords.
+    smtp_url: str = ""
+    # The address people reach the platform at (links in emails, "copy as" snippets); empty: the
+    # address each request came to.
+    public_url: str = ""
+    # Days a console sign-in lasts.
+    session_days: int = 14
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses).
+    trusted_proxies: str = ""
+    # Sign-in attempts per minute, per account and per client address.
+    login_rpm_account: int = 5
+    login_rpm_ip: int = 20
+    # Password hashes computed at once (each takes ~0.1 s of CPU and 128 MiB).
+    password_hash_concurrency: int = 2
     models: list[ModelConfig] = field(default_factory=default_models)
     config_file: Path | None = None
 
@@ -230,6 +247,8 @@ def load_settings(config_file: str | Path | None = None, env: dict[str, str] | N
             raise ConfigError(f"unknown setting {name!r}")
         setattr(settings, name, _coerce(name, value, getattr(settings, name)))
 
+    if settings.registration not in ("open", "invite", "closed"):
+        raise ConfigError(f"setting 'registration': {settings.registration!r} is not one of open, invite, closed")
     ids = [m.id for m in settings.models]
     if len(ids) != len(set(ids)):
         raise ConfigError("model ids in the catalog must be unique")

@@ -201,6 +201,9 @@ def build_server(app: Any, settings: Any, on_exit) -> Any:
         # uvicorn's own cut-off comes a little later, as a last resort.
         timeout_graceful_shutdown=settings.shutdown_grace + 3,
         lifespan="on",
+        # X-Forwarded-* are believed only from the `trusted_proxies` setting (console/web.py),
+        # not from whatever uvicorn trusts by default (127.0.0.1).
+        proxy_headers=False,
     )
 
     class Server(uvicorn.Server):

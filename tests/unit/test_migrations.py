@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import inspect
 
 from longcat.store.db import create_engine
-from longcat.store.migrations import LATEST, MIGRATIONS, migrate
+from longcat.store.migrations import MIGRATIONS, migrate
 from longcat.store.schema import metadata
 
 
@@ -22,8 +22,11 @@ async def tables(url: str) -> set[str]:
         await engine.dispose()
 
 
+STEPS = [v for v, _, _ in MIGRATIONS]
+
+
 def test_steps_are_numbered_in_order():
-    assert [v for v, _, _ in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    assert STEPS == list(range(1, len(STEPS) + 1))
 
 
 def test_sqlite_migrates_once(tmp_path):
@@ -37,7 +40,7 @@ def test_sqlite_migrates_once(tmp_path):
             await engine.dispose()
 
     first, second = asyncio.run(main())
-    assert first == list(range(1, LATEST + 1)) and second == []
+    assert first == STEPS and second == []
     assert set(metadata.tables) | {"schema_version"} <= asyncio.run(tables(url))
 
 
@@ -57,7 +60,7 @@ def test_postgres_replicas_starting_together_migrate_once():
                     await e.dispose()
 
         results = asyncio.run(main())
-        assert sorted(len(r) for r in results) == [0, 0, 0, LATEST]
+        assert sorted(len(r) for r in results) == [0, 0, 0, len(STEPS)]
         assert set(metadata.tables) <= asyncio.run(tables(url))
     finally:
         subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
@@ -95,6 +98,39 @@ def test_steps_2_and_3_bring_feedback_of_version_1_up_to_date(tmp_path):
             await engine.dispose()
 
     applied, rows, days = asyncio.run(main())
-    assert applied == [2, 3]
+    assert applied == [v for v in STEPS if v > 1]
     assert [tuple(r) for r in rows] == [(1, "h1"), (2, None), (3, None)]
     assert [tuple(d) for d in days] == [(1, "2026-11-25", 2, 1)]
+
+
+def test_step_5_rolls_up_the_usage_records_already_there(tmp_path):
+    """A database from before the console gets the usage rollup filled from its records."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+
+    async def main():
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("DROP TABLE usage_rollup")
+                await conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 5")
+                await conn.exec_driver_sql(
+                    "INSERT INTO accounts (email, is_admin, disabled, created_at) VALUES ('a@example.com', 0, 0, 0)"
+                )
+                for i, (key, model, status) in enumerate([(1, "m", "ok"), (1, "m", "ok"), (2, "m", "length")]):
+                    await conn.exec_driver_sql(
+                        "INSERT INTO usage_records (request_id, account_id, key_id, model, endpoint, stream, input_tokens, output_tokens,"
+                        " cached_tokens, billed_tokens, status, latency_ms, day, created_at)"
+                        f" VALUES ('r{i}', 1, {key}, '{model}', 'chat.completions', 0, 10, 5, 2, 15, '{status}', 100, '2026-11-25', 0)"
+                    )
+            applied = await migrate(engine)
+            async with engine.connect() as conn:
+                rows = (await conn.exec_driver_sql(
+                    "SELECT key_id, status, requests, input_tokens, billed_tokens, latency_ms FROM usage_rollup ORDER BY key_id")).all()
+            return applied, [tuple(r) for r in rows]
+        finally:
+            await engine.dispose()
+
+    applied, rows = asyncio.run(main())
+    assert applied == [5]
+    assert rows == [(1, "ok", 2, 20, 30, 200), (2, "length", 1, 10, 15, 100)]

@@ -1,6 +1,7 @@
 """The platform's own API for an account: its usage and quota, and model feedback.
 
-Authenticated with the same API keys as the model routes; the console's Usage page reads these.
+Authenticated with the same API keys as the model routes, or with a console session (then a
+mutation needs its CSRF token in X-CSRF-Token).
 An account only ever sees its own data.
 """
 
@@ -19,6 +20,7 @@ from longcat.canonical import ApiError, invalid
 from longcat.gateway.clock import beijing_day
 from longcat.gateway.feedback import parse_submission, quota_body
 from longcat.gateway.pipeline import Gateway
+from longcat.gateway.principal import authenticate_either
 from longcat.store.usage import sum_rows
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -39,7 +41,7 @@ def _day(value: str | None, today: str) -> str:
 async def usage(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
-        owner = await gateway.authenticate(request.headers)
+        owner = await authenticate_either(request, mutation=False)
         now = gateway.clock.now()
         today = beijing_day(now)
         day = _day(request.query_params.get("day"), today)
@@ -73,7 +75,7 @@ async def usage(request: Request) -> Response:
 async def usage_daily(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
-        owner = await gateway.authenticate(request.headers)
+        owner = await authenticate_either(request, mutation=False)
         days = int(request.query_params.get("days", "30") or 30)
         if not 1 <= days <= 366:
             raise invalid("'days' must be between 1 and 366.", param="days")
@@ -89,7 +91,7 @@ async def usage_daily(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
-        owner = await gateway.authenticate(request.headers)
+        owner = await authenticate_either(request, mutation=True)
         submission = parse_submission((await read_json(request, str(owner.account_id))).data)
         result = await request.app.state.feedback.submit(owner, submission, gateway.clock.now())
     except ApiError as err:

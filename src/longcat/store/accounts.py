@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from longcat.store.credentials import hash_key, hash_password, key_hint, new_api_key
 from longcat.store.schema import accounts, api_keys
@@ -19,6 +21,10 @@ KEY_STATUSES = ("enabled", "disabled", "deleted")
 
 class StoreError(Exception):
     """A request the store refuses (duplicate email, key limits, …); the message is user-facing."""
+
+
+class _Unclaimed(Exception):
+    """Rolls back an account whose `claim` failed."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,22 +92,39 @@ class AccountStore:
 
     # ----------------------------------------------------------------- accounts
 
-    async def create_account(self, email: str, password: str | None = None, *, is_admin: bool = False) -> Account:
+    async def create_account(
+        self,
+        email: str,
+        password: str | None = None,
+        *,
+        is_admin: bool = False,
+        password_hash: str | None = None,
+        email_verified: bool = True,
+        claim: Callable[[AsyncConnection, int], Awaitable[bool]] | None = None,
+    ) -> Account:
+        """Create an account. `password_hash` is a hash made elsewhere (off the event loop);
+        `claim(conn, account_id)` runs in the same transaction (e.g. spending an invite code) and
+        undoes the creation when it returns False."""
         email = normalize_email(email)
         now = int(time.time())
         row = {
             "email": email,
-            "password_hash": hash_password(password) if password else None,
+            "password_hash": password_hash or (hash_password(password) if password else None),
             "is_admin": is_admin,
             "disabled": False,
             "created_at": now,
+            "email_verified": email_verified,
         }
         try:
             async with self.engine.begin() as conn:
                 result = await conn.execute(insert(accounts).values(**row))
                 account_id = result.inserted_primary_key[0]
+                if claim is not None and not await claim(conn, account_id):
+                    raise _Unclaimed
         except IntegrityError:
             raise StoreError(f"an account with the email {email} already exists") from None
+        except _Unclaimed:
+            raise StoreError("the invite code is unknown, used or expired") from None
         return Account(account_id, email, is_admin, False, now)
 
     async def get_account(self, email: str) -> Account | None:
@@ -242,6 +265,136 @@ class AccountStore:
                 )
             ).first()
         return LimitOverrides(*row) if row else LimitOverrides()
+
+    # ----------------------------------------------------------------- console
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        return _account(row) if row else None
+
+    async def credentials(self, email: str) -> tuple[Account, str | None, bool] | None:
+        """(account, password hash, email verified) for a sign-in, or None."""
+        try:
+            email = normalize_email(email)
+        except StoreError:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.email == email))).first()
+        return (_account(row), row.password_hash, bool(row.email_verified)) if row else None
+
+    async def password_hash(self, account_id: int) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(accounts.c.password_hash).where(accounts.c.id == account_id))).scalar()
+
+    async def update_account(self, account_id: int, **values: Any) -> None:
+        """Set columns of one account (password_hash, disabled, is_admin, email_verified)."""
+        allowed = {"password_hash", "disabled", "is_admin", "email_verified"}
+        if not values or set(values) - allowed:
+            raise StoreError(f"cannot set {sorted(set(values) - allowed)}")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+
+    async def replace_limits(self, scope: str, row_id: int, limits: LimitOverrides) -> None:
+        """Set all three limits of a key or account; None goes back to the configured default."""
+        table = api_keys if scope == "key" else accounts
+        values = {"rpm_limit": limits.rpm, "tpm_limit": limits.tpm, "concurrency_limit": limits.concurrency}
+        if any(v is not None and v < 0 for v in values.values()):
+            raise StoreError("limits cannot be negative (0 means unlimited)")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+
+    async def search_accounts(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Accounts whose email contains `query`, newest first, with their active key counts."""
+        active = (
+            select(func.count())
+            .where(api_keys.c.account_id == accounts.c.id)
+            .where(api_keys.c.status != "deleted")
+            .scalar_subquery()
+        )
+        where = []
+        if query:
+            like = "%" + query.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(or_(accounts.c.email.like(like, escape="\\")))
+        stmt = select(accounts, active.label("keys")).where(*where).order_by(accounts.c.id.desc()).limit(limit).offset(offset)
+        count = select(func.count()).select_from(accounts).where(*where)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+            total = (await conn.execute(count)).scalar_one()
+        return [_account_row(r) | {"keys": r.keys} for r in rows], total
+
+    async def account_row(self, account_id: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        return _account_row(row) if row else None
+
+    async def rename_key(self, key_id: int, name: str) -> ApiKey:
+        name = validate_key_name(name)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id).where(api_keys.c.status != "deleted").values(name=name)
+            )
+        if not result.rowcount:
+            raise StoreError(f"no key with id {key_id}")
+        return await self.get_key(key_id)  # type: ignore[return-value]
+
+    async def keys_with_limits(self, account_id: int) -> list[tuple[ApiKey, LimitOverrides]]:
+        query = (
+            select(api_keys)
+            .where(api_keys.c.account_id == account_id)
+            .where(api_keys.c.status != "deleted")
+            .order_by(api_keys.c.id.desc())
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(_key(r), LimitOverrides(r.rpm_limit, r.tpm_limit, r.concurrency_limit)) for r in rows]
+
+    async def key_counts(self, account_id: int) -> tuple[int, int]:
+        """(active keys, keys ever created) against MAX_ACTIVE_KEYS and MAX_LIFETIME_KEYS."""
+        async with self.engine.connect() as conn:
+            counts = dict(
+                (
+                    await conn.execute(
+                        select(api_keys.c.status, func.count()).where(api_keys.c.account_id == account_id).group_by(api_keys.c.status)
+                    )
+                ).all()
+            )
+        return counts.get("enabled", 0) + counts.get("disabled", 0), sum(counts.values())
+
+    async def key_names(self, account_id: int | None) -> dict[int, str]:
+        """Key id -> name (deleted keys included: old usage still names them); all keys if None."""
+        query = select(api_keys.c.id, api_keys.c.name)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
+        async with self.engine.connect() as conn:
+            return dict((await conn.execute(query)).all())
+
+    async def owner_for_account(self, account_id: int) -> KeyOwner | None:
+        """A `KeyOwner` for requests made from the console (the playground): no key, so only the
+        account's own limits apply (key limits 0 = none), billed to the same quota."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        if row is None or row.disabled:
+            return None
+        return KeyOwner(
+            0, "console", row.id, row.email, bool(row.is_admin), row.daily_quota, LimitOverrides(0, 0, 0),
+            LimitOverrides(row.rpm_limit, row.tpm_limit, row.concurrency_limit),
+        )
+
+
+def _account_row(row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "email": row.email,
+        "is_admin": bool(row.is_admin),
+        "disabled": bool(row.disabled),
+        "email_verified": bool(row.email_verified),
+        "created_at": row.created_at,
+        "daily_quota": row.daily_quota,
+        "rpm_limit": row.rpm_limit,
+        "tpm_limit": row.tpm_limit,
+        "concurrency_limit": row.concurrency_limit,
+    }
 
 
 def _account(row) -> Account:

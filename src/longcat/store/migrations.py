@@ -61,10 +61,42 @@ def _feedback_days(conn: Connection) -> None:
     )
 
 
+def _console(conn: Connection) -> None:
+    """The web console: sessions, emailed links, invites, the audit log, verified emails."""
+    from longcat.store.schema import audit_log, email_tokens, invites, sessions
+
+    metadata.create_all(conn, tables=[sessions, email_tokens, invites, audit_log])  # checks first
+    if "email_verified" not in {c["name"] for c in inspect(conn).get_columns("accounts")}:
+        conn.exec_driver_sql("ALTER TABLE accounts ADD COLUMN email_verified BOOLEAN NOT NULL DEFAULT TRUE")
+
+
+def _usage_log(conn: Connection) -> None:
+    """The Usage page at any size: the request log's covering index, and the rollup its totals
+    and breakdowns read, filled from the records already there."""
+    from longcat.store.schema import usage_records, usage_rollup
+
+    have = {i["name"] for i in inspect(conn).get_indexes("usage_records")}
+    for index in usage_records.indexes:
+        if index.name not in have:
+            index.create(conn)
+    if "usage_rollup" not in inspect(conn).get_table_names():
+        usage_rollup.create(conn)
+        conn.exec_driver_sql(
+            "INSERT INTO usage_rollup (account_id, day, key_id, model, status, requests, input_tokens, output_tokens, "
+            "cached_tokens, billed_tokens, latency_ms) SELECT account_id, day, key_id, model, status, COUNT(*), "
+            "SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(billed_tokens), SUM(latency_ms) "
+            "FROM usage_records GROUP BY account_id, day, key_id, model, status"
+        )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, keys, usage, quotas, ledger, feedback, stored responses", _initial),
     (2, "feedback: unique claim on each valid text", _feedback_counted_hash),
     (3, "feedback: daily counters claimed atomically", _feedback_days),
+
+
+    (4, "console: sessions, email tokens, invites, audit log, email_verified", _console),
+    (5, "usage log: covering index and rollup for the console", _usage_log),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -34,6 +34,8 @@ accounts = Table(
     Column("rpm_limit", Integer, nullable=True),
     Column("tpm_limit", Integer, nullable=True),
     Column("concurrency_limit", Integer, nullable=True),
+    # False only while an emailed verification link is pending (smtp_url set at registration).
+    Column("email_verified", Boolean, nullable=False, default=True, server_default="1"),
 )
 
 api_keys = Table(
@@ -173,3 +175,92 @@ responses = Table(
     Column("items", Text, nullable=False),
 )
 Index("ix_responses_account", responses.c.account_id)
+
+# ------------------------------------------------------------------------------------ console
+
+# Console sign-ins. The cookie holds a random token; only its sha256 is stored, so a copy of the
+# database cannot be replayed as a session.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("ip", String(64), nullable=False, default=""),
+    Column("user_agent", String(200), nullable=False, default=""),
+)
+Index("ix_sessions_account", sessions.c.account_id)
+
+# One-use secrets mailed to a person: email verification and password reset links (hash only).
+email_tokens = Table(
+    "email_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("purpose", String(16), nullable=False),  # verify | reset
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger, nullable=True),
+)
+
+# Invite codes for `registration = "invite"`: shown once to the admin who made them, stored hashed.
+invites = Table(
+    "invites",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("hint", String(32), nullable=False),
+    Column("note", String(200), nullable=False, default=""),
+    Column("created_by", Integer, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("used_by", Integer, nullable=True),
+    Column("used_at", BigInteger, nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+# Every change an admin makes: who, what, to whom, when. Never edited, never deleted.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("actor_id", Integer, nullable=True),
+    Column("actor_email", String(254), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("target_account_id", Integer, nullable=True),
+    Column("target_key_id", Integer, nullable=True),
+    Column("detail", Text, nullable=False, default="{}"),  # JSON
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_audit_log_created", audit_log.c.created_at)
+
+# The Usage page's request log, newest first, filtered by day, key, model or status: the index
+# holds every column the filter reads, so a page of ids is found without visiting the table.
+Index(
+    "ix_usage_records_account_log",
+    usage_records.c.account_id, usage_records.c.id, usage_records.c.day, usage_records.c.key_id,
+    usage_records.c.model, usage_records.c.status,
+)
+
+# Per account, day, key, model and status: what the Usage page's totals row and breakdowns add
+# up, kept in step with usage_records in the same transaction (UsageStore.write_batch), so they
+# cost a few hundred rows whatever the number of requests.
+usage_rollup = Table(
+    "usage_rollup",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("key_id", Integer, primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("status", String(20), primary_key=True),
+    Column("requests", BigInteger, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
+    Column("billed_tokens", BigInteger, nullable=False, default=0),
+    Column("latency_ms", BigInteger, nullable=False, default=0),
+)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from longcat.store.db import dialect_insert
 from longcat.store.schema import api_keys, quota_days, quota_ledger, usage_daily, usage_records
+from longcat.store.usage_log import add_to_rollup
 
 
 @dataclass(slots=True)
@@ -133,6 +134,7 @@ class UsageStore:
                 last_used[r.key_id] = max(last_used.get(r.key_id, 0.0), r.created_at)
             for key_id, at in sorted(last_used.items()):
                 await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=int(at)))
+            await add_to_rollup(conn, fresh)  # the console's totals and breakdowns
         # Only once the transaction committed: a rolled-back day must be opened again.
         for account_id, day in opened:
             self._opened.setdefault(day, set()).add(account_id)
