@@ -425,6 +425,21 @@ def invalid(message: str, *, param: str | None = None, code: str = "invalid_para
     return ApiError("invalid_request", code, message, param=param)
 
 
+# Far beyond any real conversation (and any context window), and cheap to refuse: decoders check
+# them before building anything.
+MAX_MESSAGES = 20_000
+MAX_TOOLS = 1_000
+
+
+def check_counts(messages: int, tools: int) -> None:
+    """A 400 for a request with more messages or tools than any real one has."""
+    if messages > MAX_MESSAGES or tools > MAX_TOOLS:
+        raise invalid(
+            f"A request may hold at most {MAX_MESSAGES:,} messages and {MAX_TOOLS:,} tools.",
+            param="messages" if messages > MAX_MESSAGES else "tools",
+        )
+
+
 RATE_LIMIT_MESSAGE = "Request rate limit exceeded, please try again later"
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish, ThinkingDelta, invalid
+from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish, ThinkingDelta, check_counts
 from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
@@ -37,9 +37,6 @@ from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.gateway")
 
-# Far beyond any real conversation (and any context window), and cheap to refuse.
-MAX_MESSAGES = 20_000
-MAX_TOOLS = 1_000
 usage_log = logging.getLogger("longcat.usage")
 
 
@@ -165,11 +162,7 @@ class Gateway:
         A tokenization in progress cannot be interrupted, so when the client leaves it runs on,
         holding its place at the gate until it is really done: abandoning requests cannot pile
         up work behind the gate's back."""
-        if len(request.messages) > MAX_MESSAGES or len(request.tools) > MAX_TOOLS:
-            raise invalid(
-                f"A request may hold at most {MAX_MESSAGES:,} messages and {MAX_TOOLS:,} tools.",
-                param="messages" if len(request.messages) > MAX_MESSAGES else "tools",
-            )
+        check_counts(len(request.messages), len(request.tools))
         at_least = engine.min_prompt_tokens(request)
         if at_least >= model.context_window:
             raise context_exceeded(model, at_least, at_least=True)

@@ -40,6 +40,7 @@ from longcat.canonical import (
     ToolSpec,
     ToolUseBlock,
     Usage,
+    check_counts,
     invalid,
 )
 from longcat.protocols.anthropic_errors import anthropic_error_body
@@ -86,6 +87,7 @@ def decode(body: dict[str, Any], *, verify_thinking: VerifyThinking, count_only:
     raw_messages = get_list(body, "messages")
     if not raw_messages:
         raise invalid("'messages' must be a non-empty array of messages.", param="messages")
+    check_counts(len(raw_messages), len(get_list(body, "tools") or []))
     system = _decode_system(body.get("system"))
     messages = _decode_messages(raw_messages, system, verify_thinking)
 

@@ -34,6 +34,7 @@ from longcat.canonical import (
     ToolSpec,
     ToolUseBlock,
     Usage,
+    check_counts,
     invalid,
 )
 from longcat.protocols.fields import (
@@ -66,6 +67,7 @@ def decode(body: dict[str, Any]) -> ChatRequest:
     raw_messages = get_list(body, "messages")
     if not raw_messages:
         raise invalid("'messages' must be a non-empty array of messages.", param="messages")
+    check_counts(len(raw_messages), len(get_list(body, "tools") or []))
 
     n = get_int(body, "n", minimum=1)
     if n is not None and n > 1:

@@ -42,6 +42,7 @@ from longcat.canonical import (
     ToolSpec,
     ToolUseBlock,
     Usage,
+    check_counts,
     invalid,
 )
 from longcat.protocols.fields import (
@@ -126,7 +127,9 @@ def decode(
         if body.get(unsupported) not in (None, False):
             raise invalid(f"'{unsupported}' is not supported on this platform; {hint}.", param=unsupported)
 
-    own_items = [_kept(item) for item in _input_items(body.get("input"))]
+    raw_items = _input_items(body.get("input"))
+    check_counts(len(raw_items) + len(history or []), len(get_list(body, "tools") or []))
+    own_items = [_kept(item) for item in raw_items]
     items = list(history or []) + own_items
     system, messages = _conversation(items, len(history or []), open_seal)
     instructions = get_str(body, "instructions")
