@@ -75,20 +75,25 @@ def test_grammar_constrained_and_free_sequences_in_one_batch(embedded_server):
 
 def test_stop_strings_and_budgets_are_per_sequence(embedded_server):
     key = embedded_server.new_key("batch-stops@example.com")
+    prompt = "Count from one to twenty, in words, separated by commas."
 
     async def main():
         client = _client(embedded_server, key)
         ask = lambda **kw: client.chat.completions.create(  # noqa: E731
-            model=MODEL, messages=[{"role": "user", "content": "Count from one to twenty, in words, separated by commas."}],
-            temperature=0, seed=1, **kw)
-        return await asyncio.gather(ask(max_tokens=5), ask(max_tokens=40, stop=[","]), ask(max_tokens=12), ask(max_tokens=40))
+            model=MODEL, messages=[{"role": "user", "content": prompt}], temperature=0, seed=1, **kw)
+        alone = (await ask(max_tokens=40)).choices[0].message.content
+        words = alone.split()
+        assert len(words) >= 4, alone
+        stop = " " + words[len(words) // 2]
+        batch = await asyncio.gather(ask(max_tokens=5), ask(max_tokens=40, stop=[stop]), ask(max_tokens=12), ask(max_tokens=40))
+        return alone, stop, batch
 
-    five, stopped, twelve, forty = asyncio.run(main())
+    alone, stop, (five, stopped, twelve, forty) = asyncio.run(main())
     assert five.usage.completion_tokens == 5 and five.choices[0].finish_reason == "length"
     assert twelve.usage.completion_tokens == 12 and twelve.choices[0].finish_reason == "length"
-    assert stopped.choices[0].finish_reason == "stop" and "," not in stopped.choices[0].message.content
-    assert stopped.usage.completion_tokens < 40
-    assert forty.usage.completion_tokens <= 40 and "," in forty.choices[0].message.content
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == alone[: alone.index(stop)]
+    assert forty.choices[0].message.content == alone
 
 
 def test_a_cancelled_stream_frees_its_slot_and_the_others_finish(embedded_server):
@@ -110,22 +115,20 @@ def test_a_cancelled_stream_frees_its_slot_and_the_others_finish(embedded_server
     async def main():
         async with httpx.AsyncClient(base_url=embedded_server.base_url, headers=headers, timeout=120) as client:
             await asyncio.gather(*[cut(client, i) for i in range(6)])
-            started = time.perf_counter()
             client2 = _client(embedded_server, key)
             done = await asyncio.gather(*[client2.chat.completions.create(
                 model=MODEL, max_tokens=8, messages=[{"role": "user", "content": p}]) for p in PROMPTS])
-            return done, time.perf_counter() - started
+            return done
 
-    done, elapsed = asyncio.run(main())
+    done = asyncio.run(main())
     assert all(r.usage.completion_tokens >= 1 for r in done)
-    # Four short requests on freed slots: seconds, not the 400 tokens x 6 the cut streams asked for.
-    assert elapsed < 30, elapsed
     db = sqlite3.connect(embedded_server.data_dir / "longcat.db")
     rows = db.execute(
-        "select r.status, r.output_tokens from usage_records r join api_keys k on k.id = r.key_id "
-        "join accounts a on a.id = k.account_id where a.email = 'batch-cancel@example.com' and r.status = 'client_closed'"
+        "select r.status, r.output_tokens from usage_records r join accounts a on a.id = r.account_id where a.email = 'batch-cancel@example.com' and r.status = 'client_closed'"
     ).fetchall()
-    assert len(rows) == 6 and all(out < 400 for _, out in rows), rows
+    # Each cut sequence stopped within a few steps of its client leaving: far short of the 400
+    # tokens it asked for (with ignore_eos it would otherwise have run to the end).
+    assert len(rows) == 6 and all(out < 100 for _, out in rows), rows
 
 
 def test_usage_is_exact_under_batching(embedded_server):
@@ -169,12 +172,11 @@ def test_usage_is_exact_under_batching(embedded_server):
     assert report["totals"]["requests"] == 10
     db = sqlite3.connect(embedded_server.data_dir / "longcat.db")
     rows = db.execute(
-        "select r.status, r.billed_tokens, r.input_tokens + r.output_tokens from usage_records r join api_keys k on k.id = r.key_id "
-        "join accounts a on a.id = k.account_id where a.email = ?", (email,)
+        "select r.status, r.billed_tokens, r.input_tokens + r.output_tokens from usage_records r join accounts a on a.id = r.account_id where a.email = ?", (email,)
     ).fetchall()
     assert all(billed == total for _, billed, total in rows)
     finished = sorted(t for t in seen if t is not None)
-    assert sorted(b for status, b, _ in rows if status == "ok") == finished
+    assert sorted(b for status, b, _ in rows if status != "client_closed") == finished
     assert report["quota"]["used"] == sum(b for _, b, _ in rows)
 
 
