@@ -211,6 +211,24 @@ def test_anthropic_sdk_through_the_front(claude, llama, front):
     assert record(front, request_id)["output_tokens"] == want["completion_tokens"]
 
 
+def test_requests_beyond_its_slots_wait_their_turn(oai, llama):
+    """One slot (--parallel 1), three requests at once: the server queues them; none is cut short."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [ask(f"Count from {n} to {n + 5}.") for n in (1, 10, 20)]
+    direct = [llama.chat(messages=q, max_tokens=12, temperature=0)["choices"][0]["message"]["content"] for q in questions]
+
+    def through_front(question):
+        chunks = list(oai.chat.completions.create(model="smol", messages=question, max_tokens=12, temperature=0, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(through_front, questions))
+    assert [text for text, _ in results] == direct
+    assert all(finish in (["stop"], ["length"]) for _, finish in results)
+
+
 # ======================================================================= counting
 
 
