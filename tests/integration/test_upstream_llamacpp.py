@@ -23,6 +23,7 @@ What this server does, found by asking it, and what the front makes of it:
   this server drops them: they are not in the prompt, and `tool_choice` ("auto", "required" or a
   named function) changes nothing: the answer is text. Without `--jinja` any request with
   tools is a 500 ("tools param requires --jinja flag"), a 502 from the front;
+- `response_format` (`json_object`, `json_schema`) is a grammar on the server: the reply parses;
 - killed mid-reply, its stream just stops: the front sends an error, not a finished reply.
 """
 
@@ -402,3 +403,17 @@ def test_tools_with_a_template_that_has_none_are_dropped(oai, claude, llama):
                                      tool_choice={"type": "tool", "name": "get_weather"})
     assert [b.type for b in message.content] == ["text"] and message.stop_reason == "max_tokens"
     assert message.content[0].text == plain["choices"][0]["message"]["content"]
+
+
+# ======================================================================= structured output
+
+
+def test_json_schema_is_the_servers_grammar(oai, llama):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    question = ask("Give me a city and its country as JSON.")
+    direct = llama.chat(messages=question, max_tokens=30, temperature=0,
+                        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
+    r = oai.chat.completions.create(model="smol", messages=question, max_tokens=30, temperature=0,
+                                    response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
+    assert r.choices[0].message.content == direct["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(r.choices[0].message.content)["city"], str)  # constrained: it parses
