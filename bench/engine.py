@@ -1,132 +1,289 @@
-"""Tokens per second for one stream: through the platform's HTTP API vs llama-cpp-python called
-directly on the same model file, with the same prompt, sampling and seed, in the same run.
+"""The embedded engine under concurrent streams, against llama.cpp's own server, in one run.
 
-    .venv/bin/python bench/engine.py [--tokens 256] [--runs 3]
+    .venv/bin/python bench/engine.py [--tokens 128] [--streams 1,4,8] [--skip-llama-server]
 
-Prints both rates and their ratio (goal: >= 0.9). Decode rate is measured from the first to the
-last token, so both sides pay the same prefill; time to first token is printed separately.
+For 1, 4 and 8 simultaneous streams of `--tokens` tokens each (`ignore_eos`, so every stream
+generates exactly that many), prints the aggregate tokens/s and the longest time to first
+token, for:
+
+- the platform's HTTP API (SSE, `POST /openai/v1/chat/completions`, auth, limits, quota and
+  metering on), with its default slots;
+- `llama-server --parallel 8` built from the llama.cpp sources vendored in the llama-cpp-python
+  sdist (built once and cached under ~/.cache/longcat-bench; skipped with a message where it
+  cannot be built);
+- llama.cpp's server core alone through xllamacpp (what the embedded engine runs on), over its
+  own HTTP listener with 8 slots: the platform's overhead.
+
+Every figure is printed as a ratio against llama-server (or, when it is skipped, against the
+core alone). Then the prompt cache: time to first token of the second turn of a 4,000-token
+conversation, served from the account's cached prefix vs computed afresh (another account).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
-import statistics
+import shutil
+import signal
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.server import EMBEDDED_CATALOG, Server, free_port, write_config  # noqa: E402
+from tests.support.server import Server, free_port, write_config  # noqa: E402
 
-PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
-SAMPLING = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1}
+MODEL = "LongCat-2.0-Preview"
+CACHE = Path.home() / ".cache" / "longcat-bench"
+SDIST = "llama-cpp-python==0.3.36"
+TOPICS = ["a lighthouse", "the sea", "a mountain", "a city at night", "a forest", "a desert", "a river", "the moon"]
 
 
-def direct_run(llama, tokens: int, seed: int) -> tuple[int, float, float]:
-    """(tokens, decode seconds, time to first token) calling llama-cpp-python directly."""
+@dataclass
+class Run:
+    tokens: int
+    seconds: float
+    ttft_max: float
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def _stream(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> tuple[int, float]:
+    """(tokens, seconds to first token) of one streamed chat completion."""
     started = time.perf_counter()
-    first = last = None
-    count = 0
-    for chunk in llama.create_chat_completion(
-        messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=tokens,
-        stream=True,
-        seed=seed,
-        temperature=SAMPLING["temperature"],
-        top_p=SAMPLING["top_p"],
-        top_k=SAMPLING["top_k"],
-        repeat_penalty=SAMPLING["repeat_penalty"],
-    ):
-        if chunk["choices"][0]["delta"].get("content"):
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            count += 1
-    return count, (last - first), (first - started)
+    first = None
+    tokens = 0
+    async with client.stream("POST", url, json=body, headers=headers) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage")
+            if usage:
+                tokens = usage["completion_tokens"]
+            if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                first = first or time.perf_counter()
+    return tokens, (first or time.perf_counter()) - started
 
 
-def http_run(server: Server, tokens: int, seed: int) -> tuple[int, float, float]:
-    """(tokens, decode seconds, time to first token) through POST /openai/v1/chat/completions."""
-    body = {
-        "model": "LongCat-2.0-Preview",
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "seed": seed,
-        "temperature": SAMPLING["temperature"],
-        "top_p": SAMPLING["top_p"],
-        "top_k": SAMPLING["top_k"],
-    }
-    started = time.perf_counter()
-    first = last = None
-    usage = None
-    with httpx.Client(timeout=300) as client:
-        with client.stream(
-            "POST", server.base_url + "/openai/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {server.key}"}
-        ) as r:
+async def concurrent(url: str, headers: dict, model: str, streams: int, tokens: int) -> Run:
+    bodies = [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}],
+            "max_tokens": tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+            "temperature": 0.7,
+            "seed": i,
+        }
+        for i in range(streams)
+    ]
+    limits = httpx.Limits(max_connections=streams + 2)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*[_stream(client, url, body, headers) for body in bodies])
+        seconds = time.perf_counter() - started
+    return Run(sum(n for n, _ in results), seconds, max(t for _, t in results))
+
+
+def measure(url: str, headers: dict, model: str, streams: list[int], tokens: int) -> dict[int, Run]:
+    asyncio.run(concurrent(url, headers, model, 1, 8))  # warm up
+    out = {}
+    for n in streams:
+        time.sleep(1)  # llama.cpp's threads spin a while after work: start each run on idle cores
+        out[n] = asyncio.run(concurrent(url, headers, model, n, tokens))
+    return out
+
+
+# ------------------------------------------------------------------ the baselines
+
+
+def build_llama_server() -> Path | None:
+    """llama-server from the llama.cpp sources in the llama-cpp-python sdist, built once."""
+    binary = CACHE / "llama-server-0.3.36" / "llama-server"
+    if binary.exists():
+        return binary
+    if not shutil.which("cmake"):
+        print("  (llama-server skipped: cmake is not installed)")
+        return None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / "build-0.3.36"
+    try:
+        if not (work / "src").exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", SDIST, "--no-deps", "--no-binary", ":all:", "-d", str(work)], check=True)
+            archive = next(work.glob("llama_cpp_python-*.tar.gz"))
+            with tarfile.open(archive) as tar:
+                tar.extractall(work / "src", filter="data")
+        source = next((work / "src").glob("llama_cpp_python-*/vendor/llama.cpp"))
+        print("  building llama-server from the sdist's llama.cpp (once; several minutes on 2 cores) ...", flush=True)
+        # Portable CPU flags: a native build of these sources crashes on some AVX-512 machines.
+        flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+                 "-DGGML_F16C=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+                 "-DBUILD_SHARED_LIBS=OFF"]
+        subprocess.run(["cmake", "-S", str(source), "-B", str(work / "build"), *flags], check=True, capture_output=True)
+        subprocess.run(["cmake", "--build", str(work / "build"), "--target", "llama-server", f"-j{os.cpu_count() or 1}"],
+                       check=True, capture_output=True)
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / "build" / "bin" / "llama-server", binary)
+        return binary
+    except (subprocess.CalledProcessError, StopIteration, OSError) as exc:
+        print(f"  (llama-server skipped: it could not be built here: {exc})")
+        return None
+
+
+def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start in {timeout} s")
+
+
+def start_llama_server(binary: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
+    from longcat.engines.embedded import bundled_model_path
+
+    cmd = [str(binary), "-m", str(bundled_model_path()), "--host", "127.0.0.1", "--port", str(port), "--parallel", "8",
+           "-c", str(8192 * 8), "-t", str(threads), "--no-webui"]
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+CORE_SCRIPT = """
+import signal, sys, threading, xllamacpp
+from longcat.engines.embedded import bundled_model_path
+p = xllamacpp.CommonParams()
+p.model.path = str(bundled_model_path())
+p.n_parallel = 8; p.n_ctx = 8192 * 8; p.n_batch = p.n_ubatch = 128
+p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(sys.argv[2])
+p.verbosity = -1; p.hostnames = ["127.0.0.1"]; p.port = int(sys.argv[1])
+server = xllamacpp.Server(p)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+"""
+
+
+def start_core(port: int, threads: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CORE_SCRIPT, str(port), str(threads)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# ------------------------------------------------------------------ prompt cache
+
+
+def prompt_cache(server: Server, key_a: str, key_b: str) -> tuple[float, float, int]:
+    """Seconds to the first token of turn two of a ~4,000-token conversation: from account A's
+    cache, and for account B, whose identical request cannot use A's cache."""
+    filler = " ".join(f"Fact {i}: the lighthouse lamp number {i} was lit at dusk." for i in range(260))
+    turn1 = [{"role": "system", "content": "You answer questions about the notes."}, {"role": "user", "content": filler + "\nSummarise."}]
+
+    def ttft(key: str, messages: list) -> tuple[float, dict]:
+        body = {"model": MODEL, "messages": messages, "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        first, usage = None, {}
+        with httpx.stream("POST", server.base_url + "/openai/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {key}"}, timeout=600) as r:
             r.raise_for_status()
             for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-    # Every generated token but the first falls inside [first, last].
-    return usage["completion_tokens"], (last - first), (first - started)
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    usage = chunk.get("usage") or usage
+                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") is not None:
+                        first = first or time.perf_counter()
+        return (first or time.perf_counter()) - started, usage
+
+    ttft(key_a, turn1)
+    turn2 = turn1 + [{"role": "assistant", "content": "The notes list lamps."}, {"role": "user", "content": "Which lamp was first?"}]
+    cached, usage = ttft(key_a, turn2)
+    fresh, _ = ttft(key_b, turn2)
+    return cached, fresh, usage.get("prompt_tokens", 0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--streams", default="1,4,8")
+    parser.add_argument("--skip-llama-server", action="store_true")
     args = parser.parse_args()
-
-    import llama_cpp
-
-    from longcat.engines.embedded import bundled_model_path
-
+    streams = [int(s) for s in args.streams.split(",")]
     threads = os.cpu_count() or 1
+    results: dict[str, dict[int, Run]] = {}
+
     with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(Path(tmp) / "config.toml", EMBEDDED_CATALOG)
-        server = Server(Path(tmp) / "data", config, free_port()).start()
+        tmp_path = Path(tmp)
+        binary = None if args.skip_llama_server else build_llama_server()
+        if binary is not None:
+            port = free_port()
+            proc = start_llama_server(binary, port, threads, tmp_path / "llama-server.log")
+            try:
+                wait_ready(f"http://127.0.0.1:{port}", proc, "llama-server")
+                results["llama-server --parallel 8"] = measure(f"http://127.0.0.1:{port}/v1/chat/completions", {}, "smollm2", streams, args.tokens)
+            except RuntimeError as exc:
+                print(f"  (llama-server skipped: {exc}; see its log below)\n{(tmp_path / 'llama-server.log').read_text()[-2000:]}")
+            finally:
+                stop(proc)
+
+        port = free_port()
+        proc = start_core(port, threads, tmp_path / "core.log")
         try:
-            server.key = server.new_key("bench@example.com")
-            llama = llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=8192, n_threads=threads, n_batch=512, verbose=False)
-            http_run(server, 16, 0)  # warm both up
-            direct_run(llama, 16, 0)
-            direct, api = [], []
-            for i in range(args.runs):
-                seed = 1000 + i
-                # llama.cpp's threads spin a while after work; let each side start on idle cores.
-                time.sleep(0.5)
-                direct.append(direct_run(llama, args.tokens, seed))
-                time.sleep(0.5)
-                api.append(http_run(server, args.tokens, seed))
+            wait_ready(f"http://127.0.0.1:{port}", proc, "xllamacpp")
+            results["llama.cpp core alone (xllamacpp, 8 slots)"] = measure(f"http://127.0.0.1:{port}/v1/chat/completions", {}, "smollm2", streams, args.tokens)
+        finally:
+            stop(proc)
+
+        config = write_config(tmp_path / "config.toml", f'[[models]]\nid = "{MODEL}"\nengine = "embedded"\n')
+        server = Server(tmp_path / "data", config, free_port()).start()
+        try:
+            key = server.new_key("bench@example.com")
+            detail = httpx.get(server.base_url + f"/openai/v1/models/{MODEL}", headers={"Authorization": f"Bearer {key}"}).json()
+            slots = (detail.get("engine") or detail.get("serving") or {}).get("slots", "?")
+            results[f"platform HTTP API ({slots} slots)"] = measure(
+                server.base_url + "/openai/v1/chat/completions", {"Authorization": f"Bearer {key}"}, MODEL, streams, args.tokens)
+            cached, fresh, prompt = prompt_cache(server, key, server.new_key("bench-other@example.com"))
         finally:
             server.stop()
 
-    def rate(runs):
-        return statistics.median((n - 1) / secs for n, secs, _ in runs if secs > 0)
-
-    def ttft(runs):
-        return statistics.median(t for _, _, t in runs) * 1000
-
-    d, h = rate(direct), rate(api)
-    print(f"engine benchmark: SmolLM2-135M-Instruct Q4_1, {threads} threads, up to {args.tokens} tokens, median of {args.runs} runs")
-    print(f"  llama-cpp-python direct : {d:7.1f} tokens/s   first token {ttft(direct):6.0f} ms   tokens {[r[0] for r in direct]}")
-    print(f"  HTTP API, SSE stream    : {h:7.1f} tokens/s   first token {ttft(api):6.0f} ms   tokens {[r[0] for r in api]}")
-    print(f"  ratio (API / direct)    : {h / d:.2f}   (goal >= 0.90)")
+    base_name = next(iter(results))
+    base = results[base_name]
+    print(f"\nengine benchmark: SmolLM2-135M-Instruct Q4_1, {threads} threads, {args.tokens} tokens per stream (ignore_eos)")
+    print(f"  ratios against: {base_name}")
+    print(f"  {'':44s}" + "".join(f"{f'{n} stream' + ('s' if n > 1 else ''):>28s}" for n in streams))
+    for name, runs in results.items():
+        cells = "".join(
+            f"{runs[n].rate:8.1f} tok/s {runs[n].rate / base[n].rate:4.2f}x {runs[n].ttft_max:5.2f}s" for n in streams
+        )
+        print(f"  {name:44s}{cells}")
+    print("  (each cell: aggregate tokens/s, ratio to the baseline, longest time to first token)")
+    print(f"\nprompt cache: second turn of a {prompt:,}-token conversation, time to first token")
+    print(f"  cached prefix (same account): {cached:6.2f} s   computed afresh (another account): {fresh:6.2f} s   "
+          f"speed-up {fresh / cached:5.1f}x (goal >= 5x)")
     return 0
 
 

@@ -1,11 +1,11 @@
 """Tokens per second for one stream through the platform's HTTP API in front of an upstream
 server (`openai_compat`), against the same upstream asked directly, in the same run.
 
-The upstream is llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`)
-serving the bundled SmolLM2-135M GGUF; the platform fronts it as an `openai_compat` model, once
-with `tokenize = "none"` and once with `tokenize = "llama_cpp_python"` (which counts each prompt
-with a one-token completion first). Same prompt, sampling and seed on every side, runs
-interleaved, medians.
+The upstream is llama.cpp's own HTTP server (the code of `llama-server`, through xllamacpp:
+`python -m tests.support.llamacpp_server`) serving the bundled SmolLM2-135M GGUF with `--jinja`;
+the platform fronts it as an `openai_compat` model, once with `tokenize = "none"` and once with
+`tokenize = "llamacpp"` (which counts each prompt with `/apply-template` + `/tokenize` first).
+Same prompt, sampling and seed on every side, runs interleaved, medians.
 
     .venv/bin/python bench/upstream.py [--tokens 256] [--runs 5] [--threads 1]
 
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,32 +28,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.llamacpp_server import LlamaCppServer  # noqa: E402
 from tests.support.server import Server, free_port, write_config  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "top_k": 40}
 
 
-def start_llama(port: int, threads: int, log: Path) -> subprocess.Popen:
-    from longcat.engines.embedded import bundled_model_path
-
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--n_ctx", "8192",
-           "--host", "127.0.0.1", "--port", str(port), "--chat_format", "chatml", "--interrupt_requests", "false",
-           "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "false"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("llama_cpp.server did not start in 60 s")
+def start_llama(port: int, threads: int, log: Path) -> LlamaCppServer:
+    return LlamaCppServer(log, port, "--jinja", "--alias", "smollm2", "--ctx", "8192", "--threads", str(threads)).start()
 
 
 def stream_run(url: str, headers: dict[str, str], model: str, tokens: int, seed: int) -> tuple[int, float, float]:
@@ -78,6 +60,12 @@ def stream_run(url: str, headers: dict[str, str], model: str, tokens: int, seed:
     return pieces, (last - first), (first - started)
 
 
+def xllamacpp_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("xllamacpp")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=256)
@@ -95,7 +83,7 @@ def main() -> int:
                 return (f'[[models]]\nid = "{id}"\nengine = "openai_compat"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
                         f'upstream_model = "smollm2"\ncontext_window = 8192\nmax_output = 4096\ntokenize = "{tokenize}"\n')
 
-            config = write_config(Path(tmp) / "config.toml", entry("smol", "none") + "\n" + entry("smol-counted", "llama_cpp_python"))
+            config = write_config(Path(tmp) / "config.toml", entry("smol", "none") + "\n" + entry("smol-counted", "llamacpp"))
             server = Server(Path(tmp) / "data", config, free_port()).start()
             server.key = server.new_key("bench@example.com")
             sides = {
@@ -114,8 +102,7 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
-            llama.terminate()
-            llama.wait(10)
+            llama.stop()
 
     def rate(runs):
         return statistics.median((n - 1) / secs for n, secs, _ in runs if secs > 0)
@@ -124,11 +111,11 @@ def main() -> int:
         return statistics.median(t for _, _, t in runs) * 1000
 
     direct = rate(results["direct"])
-    print(f"upstream benchmark: llama_cpp.server (llama-cpp-python) with SmolLM2-135M-Instruct Q4_1, {args.threads} "
+    print(f"upstream benchmark: llama.cpp server (xllamacpp {xllamacpp_version()}) with SmolLM2-135M-Instruct Q4_1, {args.threads} "
           f"thread(s), {os.cpu_count()} cores, up to {args.tokens} tokens, median of {args.runs} interleaved runs")
     for name, runs in results.items():
-        label = {"direct": "llama_cpp.server direct", "front": "LongCat front (tokenize none)",
-                 "front, counted": "LongCat front (llama_cpp_python)"}[name]
+        label = {"direct": "llama.cpp server direct", "front": "LongCat front (tokenize none)",
+                 "front, counted": "LongCat front (tokenize llamacpp)"}[name]
         print(f"  {label:34}: {rate(runs):7.1f} tokens/s   first token {ttft(runs):6.0f} ms   tokens {[r[0] for r in runs]}")
     for name, label in (("front", "ratio (front / direct)"), ("front, counted", "ratio (front, counted / direct)")):
         print(f"  {label:34}: {rate(results[name]) / direct:7.2f}   (goal >= 0.90)")

@@ -76,6 +76,9 @@ class Settings:
     engine_queue_limit: int = 64
     # CPU threads for the embedded engine; 0 means all cores.
     embedded_threads: int = 0
+    # Sequences the embedded engine decodes together (continuous batching); 0: four per core, at
+    # most 8. Each holds a whole context's KV cache (about 190 MB for the default model).
+    embedded_slots: int = 0
     # Prompts one account may have tokenized at once, per model (the others wait their turn).
     account_tokenize_concurrency: int = 2
     # Seconds a client may take to send a request's headers, and may stay silent in its body.

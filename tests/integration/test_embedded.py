@@ -198,7 +198,8 @@ def test_client_disconnect_frees_the_engine(embedded_server):
         timeout=60,
     )
     assert r.status_code == 200
-    assert time.monotonic() - started < 3
+    # Seconds at most (a loaded machine), not the half minute the rest of 3000 tokens would take.
+    assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(_usage_lines(embedded_server)) < before + 2:
         time.sleep(0.05)

@@ -448,6 +448,47 @@ def test_llama_cpp_python_tool_call_stream():
     assert [type(e).__name__ for e in events].count("ToolCallStart") == 1
 
 
+# What llama.cpp's server (`llama-server --jinja`, through xllamacpp 2026.10) streams with
+# `stream_options.include_usage`: a first piece with the role and a null content, one token a
+# piece, the finish in an empty delta, then the usage in a chunk with no choices, beside the
+# server's own `timings`.
+LLAMACPP_STREAM = [
+    {"choices": [{"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}],
+     "created": 1, "id": "chatcmpl-1", "model": "smollm2", "system_fingerprint": "b0-unknown",
+     "object": "chat.completion.chunk"},
+    *({"choices": [{"finish_reason": None, "index": 0, "delta": {"content": piece}}], "created": 1, "id": "chatcmpl-1",
+       "model": "smollm2", "system_fingerprint": "b0-unknown", "object": "chat.completion.chunk"}
+      for piece in ["Hello", " there", "!", " I", "'m", " here", " to", " help"]),
+    {"choices": [{"finish_reason": "length", "index": 0, "delta": {}}], "created": 1, "id": "chatcmpl-1",
+     "model": "smollm2", "system_fingerprint": "b0-unknown", "object": "chat.completion.chunk"},
+    {"choices": [], "created": 1, "id": "chatcmpl-1", "model": "smollm2", "system_fingerprint": "b0-unknown",
+     "object": "chat.completion.chunk",
+     "usage": {"completion_tokens": 8, "prompt_tokens": 33, "total_tokens": 41, "prompt_tokens_details": {"cached_tokens": 32}},
+     "timings": {"cache_n": 32, "prompt_n": 1, "prompt_ms": 48.6, "predicted_n": 8, "predicted_ms": 798.0}},
+]
+
+
+def test_llamacpp_server_stream():
+    events, finish, tr = run(LLAMACPP_STREAM)
+    assert "".join(e.text for e in events) == "Hello there! I'm here to help" and finish == Finish("length")
+    assert tr.usage == {"input": 33, "output": 8, "cached": 32}
+    # Killed mid-reply: the stream just stops.
+    with pytest.raises(ApiError) as info:
+        run(LLAMACPP_STREAM[:4], done=False)
+    assert info.value.code == "upstream_error" and "before the reply was complete" in info.value.message
+
+
+def test_llamacpp_server_errors():
+    over = {"error": {"code": 400, "message": "request (9031 tokens) exceeds the available context size (8192 tokens), try "
+                      "increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 9031, "n_ctx": 8192}}
+    err = upstream_error(400, json.dumps(over), model_id="smol")
+    assert (err.status, err.code) == (400, "context_length_exceeded") and "9031 tokens" in err.message
+    # Tools sent to a server started without --jinja: its 500, the operator's to fix.
+    no_jinja = {"error": {"code": 500, "message": "tools param requires --jinja flag", "type": "server_error"}}
+    err = upstream_error(500, json.dumps(no_jinja), model_id="smol")
+    assert (err.status, err.code) == (502, "upstream_error")
+
+
 def test_malformed_streams():
     for bad, words in [
         ("{not json", "not JSON"),

@@ -16,7 +16,9 @@ def build_engine(model: ModelConfig, settings: Settings) -> Engine:
     if model.engine == "embedded":
         from longcat.engines.embedded import EmbeddedEngine
 
-        return EmbeddedEngine(model, threads=settings.embedded_threads, queue_limit=settings.engine_queue_limit)
+        return EmbeddedEngine(
+            model, threads=settings.embedded_threads, slots=settings.embedded_slots, queue_limit=settings.engine_queue_limit
+        )
     if model.engine == "mock":
         from longcat.engines.mock import MockEngine
 

@@ -103,7 +103,9 @@ def decode(body: dict[str, Any]) -> ChatRequest:
         thinking=decode_thinking(body),
         response_format=_decode_response_format(get_object(body, "response_format")),
         stream=stream,
-        extras={"include_usage": include_usage},
+        # `ignore_eos` (as in vLLM and llama.cpp's server): generate max_tokens whatever the
+        # model says; for benchmarks. Engines that cannot honour it ignore it.
+        extras={"include_usage": include_usage, "ignore_eos": bool(get_bool(body, "ignore_eos"))},
     )
 
 
