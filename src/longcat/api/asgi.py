@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from longcat import jsonutil
 from longcat.canonical import ApiError
 from longcat.engines.scheduler import FairScheduler
 from longcat.protocols.fields import parse_json_object
@@ -46,8 +46,8 @@ _END = object()
 
 
 def dumps(obj: Any) -> bytes:
-    # "replace": a lone surrogate that slipped through (e.g. from an upstream) must not fail a reply.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    # A lone surrogate that slipped through (e.g. from an upstream) must not fail a reply.
+    return jsonutil.dumps(obj)
 
 
 class JSONBody(Response):

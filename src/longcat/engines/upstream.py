@@ -9,6 +9,7 @@ that loop; a subclass says how its format builds a request, reads a stream and n
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import functools
 import itertools
@@ -709,6 +710,7 @@ class UpstreamEngine(Engine):
                     reader.raise_error()
                     self._meter(ctx, reader, budget)
                     if reader.done:
+                        await _drain(pieces)
                         break
             except httpx.TimeoutException:
                 raise ApiError(
@@ -753,3 +755,20 @@ class UpstreamEngine(Engine):
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+# How long the end of a body may take to arrive once the reply is complete (see `_drain`).
+DRAIN_WAIT = 0.05
+
+
+async def _drain(pieces: AsyncIterator[bytes]) -> None:
+    """Read what is left of a complete reply (the chunked encoding's last chunk, normally already
+    received with `[DONE]`), so the connection goes back to the pool instead of being closed:
+    otherwise every request opens a new connection to the upstream. An upstream that keeps the
+    body open after `[DONE]` gets `DRAIN_WAIT`, then its connection is closed as before."""
+    try:
+        async with asyncio.timeout(DRAIN_WAIT):
+            async for _ in pieces:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
