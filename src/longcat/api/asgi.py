@@ -300,33 +300,52 @@ def sse(data: Any, event: str | None = None) -> bytes:
 async def with_keepalive(items: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
     """`items`, plus a `None` each time `interval` seconds pass without one (0 turns that off).
 
-    The pending `anext` runs in its own task, which a timeout never cancels: cancelling it would
-    abort the engine's generator mid-step. It is cancelled only when the consumer stops early.
+    The items are pulled by one task of their own, which a timeout never cancels (cancelling a
+    pending `anext` would abort the engine's generator mid-step), and handed over through a short
+    queue: one task per stream, not one per item. That task is cancelled only when the consumer
+    stops early, and the source is then closed.
     """
+    if interval <= 0:
+        async for item in items:
+            yield item
+        return
     it = aiter(items)
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=64)
 
-    async def step() -> Any:
-        return await anext(it, _END)
+    async def pump() -> None:
+        try:
+            async for item in it:
+                await queue.put((0, item))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            await queue.put((2, exc))
+            return
+        await queue.put((1, None))
 
-    pending: asyncio.Task[Any] | None = None
+    producer = asyncio.get_running_loop().create_task(pump())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.create_task(step())
-            done, _ = await asyncio.wait({pending}, timeout=interval if interval > 0 else None)
-            if not done:
-                yield None
-                continue
-            item, pending = pending.result(), None
-            if item is _END:
+            try:
+                kind, value = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(interval):
+                        kind, value = await queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+            if kind == 1:
                 return
-            yield item
+            if kind == 2:
+                raise value
+            yield value
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait({pending})
-            if not pending.cancelled():
-                pending.exception()  # retrieved, so asyncio does not log it as lost
+        if not producer.done():
+            producer.cancel()
+        await asyncio.wait({producer})
+        if not producer.cancelled():
+            producer.exception()  # retrieved, so asyncio does not log it as lost
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ class AccountStore:
         # Called after each change to keys or accounts (the app announces it on Redis).
         self.on_change: Callable[[], Awaitable[None]] | None = None
         self.changed = False  # a change was made through this store (the CLI then waits out the TTL)
+        self._lookups: dict[str, tuple[int, asyncio.Future[KeyOwner | None]]] = {}
 
     async def _changed(self) -> None:
         self.keys.clear()
@@ -240,7 +242,18 @@ class AccountStore:
         owner = self.keys.get(digest)
         if owner is not None:
             return owner
+        # One lookup per key at a time: when an entry expires under load, the requests that
+        # arrive meanwhile share the lookup instead of each reading the database.
+        pending = self._lookups.get(digest)
+        if pending is not None and pending[0] == self.keys.generation:
+            return await asyncio.shield(pending[1])
         generation = self.keys.generation
+        lookup = asyncio.ensure_future(self._lookup(digest, generation))
+        self._lookups[digest] = (generation, lookup)
+        lookup.add_done_callback(lambda _f: self._lookups.pop(digest, None) if self._lookups.get(digest, (0, None))[1] is lookup else None)
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, digest: str, generation: int) -> KeyOwner | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(_AUTHENTICATE, {"key_hash": digest})).first()
         if row is None:
