@@ -17,10 +17,10 @@ from typing import Any
 from longcat.config import ConfigError, Settings, load_settings
 from longcat.gateway.clock import beijing_day, make_clock
 from longcat.store.accounts import AccountStore, LimitOverrides, StoreError
-from longcat.store.keycache import TTL as KEY_CACHE_TTL
-from longcat.store.keycache import publish_change
 from longcat.store.credentials import new_password
 from longcat.store.db import create_engine, create_schema
+from longcat.store.keycache import TTL as KEY_CACHE_TTL
+from longcat.store.keycache import publish_change
 from longcat.store.usage import UsageStore
 
 ADMIN_EMAIL = "admin@localhost"

@@ -691,6 +691,10 @@ class UpstreamEngine(Engine):
 
     # ------------------------------------------------------------------ counting
 
+    @property
+    def measure_is_estimate(self) -> bool:
+        return self.options.tokenize == "none"
+
     async def count_tokens(self, request: ChatRequest) -> int:
         return (await self._count(request))[0]
 

@@ -14,7 +14,7 @@ from sqlalchemy import and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from longcat.store.db import dialect_insert
-from longcat.store.schema import api_keys, quota_days, quota_ledger, usage_daily, usage_records
+from longcat.store.schema import quota_days, quota_ledger, usage_daily, usage_records
 
 
 @dataclass(slots=True)
