@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
+# LONGCAT_BENCH_SRC measures other sources (e.g. another checkout's `src`, for a before/after).
+SRC = Path(os.environ.get("LONGCAT_BENCH_SRC", ROOT / "src")).resolve()
 # Measure this checkout's sources, whatever the venv's editable install points at.
 sys.path.insert(0, str(SRC))
 sys.path.insert(1, str(ROOT))
