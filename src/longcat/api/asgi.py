@@ -289,11 +289,20 @@ async def until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
         return await work
 
 
+_EVENT_LINES: dict[str, bytes] = {}  # "event: <name>\n" of the few event names the formats use
+
+
 def sse(data: Any, event: str | None = None) -> bytes:
     payload = data if isinstance(data, (bytes, str)) else dumps(data)
     if isinstance(payload, str):
         payload = payload.encode()
-    head = f"event: {event}\n".encode() if event else b""
+    if not event:
+        return b"data: " + payload + b"\n\n"
+    head = _EVENT_LINES.get(event)
+    if head is None:
+        head = f"event: {event}\n".encode()
+        if len(_EVENT_LINES) < 64:
+            _EVENT_LINES[event] = head
     return head + b"data: " + payload + b"\n\n"
 
 
