@@ -1,6 +1,7 @@
 # make serve  - set up (first time) and start the platform with the embedded model
 # make test   - set up (first time) and run the whole test suite
-# make bench  - run the benchmarks in bench/ (engine, gateway, upstream, console; each prints a ratio)
+# make bench  - run the benchmarks in bench/ (engine, gateway, translation, upstream, console; each prints a ratio)
+# make soak   - the platform's memory over a 10-minute soak at 50 requests/s (ARGS="--minutes 1" to try it)
 # make messages - bring the console's translation catalogs up to date with the sources
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN     = $(VENV)/bin
 AGENTS  = tests/e2e/agents
 ARGS   ?=
 
-.PHONY: serve test test-fast bench lint messages clean
+.PHONY: serve test test-fast bench soak lint messages clean
 
 serve: $(VENV)/.installed
 	$(BIN)/longcat serve $(ARGS)
@@ -21,11 +22,18 @@ test: $(VENV)/.dev-installed $(AGENTS)/node_modules/.installed
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -q -m "not agent and not embedded" $(ARGS)
 
+# gateway.py and translation.py need `wrk` (Debian: apt-get install wrk); gateway.py installs
+# LiteLLM's proxy into its own venv under ~/.cache/longcat-bench on first use.
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/translation.py
 	$(BIN)/python bench/upstream.py
 	$(BIN)/python bench/console_usage.py
+
+# Not in CI: ten minutes by default.
+soak: $(VENV)/.dev-installed
+	$(BIN)/python bench/soak.py $(ARGS)
 
 messages: $(VENV)/.dev-installed
 	$(BIN)/python -m longcat.console.messages

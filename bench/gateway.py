@@ -1,127 +1,141 @@
-"""Gateway overhead: requests per second and latency through the whole platform (auth, rate
-limits, quota reservation, mock engine, group-committed usage record) against a bare Starlette
-app on the same uvicorn answering a canned completion, in the same run.
+"""Gateway overhead, measured with `wrk`: requests per second and p50 / p99 latency at several
+concurrencies, streaming and not, against three targets on the same stub upstream, in one run:
 
-    .venv/bin/python bench/gateway.py [--requests 2000] [--concurrency 32]
+- the stub upstream asked directly (the baseline: what the network and the client cost);
+- the platform, a model on `openai_compat` in front of the stub, with everything on (API-key
+  authentication, rate limits, quota reservation and settlement, a usage record committed before
+  each reply ends; SQLite and in-process counters, the default deployment);
+- LiteLLM's proxy (one worker, master key only) on the same stub, installed by this script into
+  its own cached venv (`~/.cache/longcat-bench/litellm-venv`); skipped with a message if it
+  cannot be installed.
 
-Prints both and their ratio. The load generator shares the machine's cores with the server, the
-same for both sides.
+    .venv/bin/python bench/gateway.py [--seconds 8] [--concurrency 1,32,128] [--tokens 16] [--no-litellm]
+
+Pinning (2 cores): the platform or LiteLLM on CPU 0, the stub and `wrk` on CPU 1 (bench/common.py).
+Every figure is printed with its ratio against the baseline of the same run; the platform is
+also compared with LiteLLM. Each run is bounded by `--seconds`; warm-up runs precede each target.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
-import subprocess
+import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.server import Server, free_port, write_config  # noqa: E402
-
-CONFIG = """
-key_rpm = 0
-key_tpm = 0
-key_concurrency = 0
-account_rpm = 0
-account_tpm = 0
-account_concurrency = 0
-
-[[models]]
-id = "mock-echo"
-engine = "mock"
-"""
-
-TEXT = "the quick brown fox jumps over the lazy dog again and again and again"
+from common import (  # noqa: E402
+    MODEL,
+    PROMPT,
+    LiteLLM,
+    Platform,
+    Stub,
+    WrkResult,
+    have_wrk,
+    litellm_venv,
+    litellm_version,
+    lua_script,
+    machine,
+    tmpdir,
+    wrk,
+)
 
 
-async def load(base: str, key: str | None, n: int, concurrency: int, stream: bool) -> tuple[float, list[float]]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body = {"model": "mock-echo", "messages": [{"role": "user", "content": TEXT}], "stream": stream}
-    latencies: list[float] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            queue.get_nowait()
-            t = time.perf_counter()
-            if stream:
-                async with client.stream("POST", "/openai/v1/chat/completions", json=body, headers=headers) as r:
-                    async for _ in r.aiter_bytes():
-                        pass
-                    assert r.status_code == 200
-            else:
-                r = await client.post("/openai/v1/chat/completions", json=body, headers=headers)
-                assert r.status_code == 200, r.text
-            latencies.append(time.perf_counter() - t)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        await asyncio.gather(*(worker(client) for _ in range(min(concurrency, 8))))  # warm-up connections
-        for i in range(n):
-            queue.put_nowait(i)
-        started = time.perf_counter()
-        latencies.clear()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return n / elapsed, latencies
+def body(tokens: int, stream: bool) -> str:
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens, "stream": stream})
 
 
-def summary(rps: float, lat: list[float]) -> str:
-    lat = sorted(lat)
-    return f"{rps:8.0f} req/s   p50 {statistics.median(lat) * 1000:6.1f} ms   p99 {lat[int(len(lat) * 0.99) - 1] * 1000:6.1f} ms"
+def measure(name: str, url: str, key: str | None, tmp: Path, args, out: dict) -> None:
+    for stream in (False, True):
+        script = lua_script(tmp, f"{name}-{stream}", body(args.tokens, stream), key)
+        wrk(url, script, 8, min(2.0, args.seconds))  # warm-up: connections, caches, JIT-free Python's first calls
+        for c in args.concurrency:
+            r = wrk(url, script, c, args.seconds)
+            out[(name, stream, c)] = r
+            flag = f"  ({r.errors} errors!)" if r.errors else ""
+            print(f"  {name:<9} {'stream' if stream else 'json  '} c={c:<4} {r.cell()}{flag}", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each wrk run")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 128])
+    parser.add_argument("--tokens", type=int, default=16, help="tokens (SSE chunks) in each reply")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     args = parser.parse_args()
+    if not have_wrk():
+        print("gateway benchmark skipped: `wrk` is not installed (Debian: apt-get install wrk)")
+        return 0
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "data", write_config(Path(tmp) / "config.toml", CONFIG), free_port()).start()
-        base_port = free_port()
-        baseline = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--port", str(base_port), "--log-level", "warning"],
-            cwd=ROOT,
-        )
+    print(f"gateway benchmark: {machine()}; {args.tokens}-token replies; {args.seconds:g} s per run")
+    results: dict[tuple[str, bool, int], WrkResult] = {}
+    litellm_note = ""
+    with tmpdir() as t:
+        tmp = Path(t)
+        stub = Stub(chunks=args.tokens)
         try:
-            server.key = server.new_key("bench@example.com")
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    httpx.get(f"http://127.0.0.1:{base_port}/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            rows = []
-            for stream in (False, True):
-                n = args.requests if not stream else args.requests // 2
-                base = asyncio.run(load(f"http://127.0.0.1:{base_port}", None, n, args.concurrency, stream))
-                ours = asyncio.run(load(server.base_url, server.key, n, args.concurrency, stream))
-                rows.append((stream, n, base, ours))
+            measure("direct", stub.base_url + "/chat/completions", None, tmp, args, results)
+            platform = Platform(stub.base_url, tmp)
+            try:
+                measure("platform", platform.base_url + "/openai/v1/chat/completions", platform.key, tmp, args, results)
+            finally:
+                platform.stop()
+            if args.no_litellm:
+                litellm_note = "LiteLLM skipped (--no-litellm)"
+            else:
+                exe, why = litellm_venv()
+                if exe is None:
+                    litellm_note = f"LiteLLM skipped: it could not be installed ({why})"
+                else:
+                    try:
+                        proxy = LiteLLM(exe, stub.base_url, tmp)
+                    except RuntimeError as exc:
+                        proxy, litellm_note = None, f"LiteLLM skipped: its proxy did not start ({exc})"
+                    if proxy is not None:
+                        litellm_note = f"LiteLLM {litellm_version(exe)} proxy, one worker, master key"
+                        try:
+                            measure("litellm", proxy.base_url + "/v1/chat/completions", proxy.key, tmp, args, results)
+                        finally:
+                            proxy.stop()
         finally:
-            server.stop()
-            baseline.terminate()
-            baseline.wait(10)
+            stub.stop()
 
-    print(f"gateway benchmark: mock engine, {args.concurrency} concurrent clients, SQLite, in-process counters")
-    for stream, n, base, ours in rows:
-        kind = "streaming (14 tokens)" if stream else "non-streaming"
-        print(f"  {kind}, {n} requests")
-        print(f"    bare Starlette baseline : {summary(*base)}")
-        print(f"    LongCat gateway         : {summary(*ours)}")
-        print(f"    ratio (gateway / bare)  : {ours[0] / base[0]:.2f}")
+    print()
+    print(litellm_note)
+    print_table(results, args)
     return 0
+
+
+def print_table(results: dict, args) -> None:
+    has_litellm = any(k[0] == "litellm" for k in results)
+    head = "| | c | stub direct | platform (everything on) | platform / direct | added p50 |"
+    sep = "|---|---|---|---|---|---|"
+    if has_litellm:
+        head += " LiteLLM proxy | platform / LiteLLM |"
+        sep += "---|---|"
+    print(head)
+    print(sep)
+    for stream in (False, True):
+        for c in args.concurrency:
+            d, p = results.get(("direct", stream, c)), results.get(("platform", stream, c))
+            if d is None or p is None:
+                continue
+            row = (
+                f"| {'stream' if stream else 'JSON'} | {c} | {d.rps:,.0f} req/s, p50 {d.p50_ms:.2f} / p99 {d.p99_ms:.2f} ms "
+                f"| {p.rps:,.0f} req/s, p50 {p.p50_ms:.2f} / p99 {p.p99_ms:.2f} ms | {p.rps / d.rps:.3f} "
+                f"| {p.p50_ms - d.p50_ms:+.2f} ms |"
+            )
+            if has_litellm:
+                lite = results.get(("litellm", stream, c))
+                row += (
+                    f" {lite.rps:,.0f} req/s, p50 {lite.p50_ms:.2f} / p99 {lite.p99_ms:.2f} ms | **{p.rps / lite.rps:.1f}×** |"
+                    if lite else " – | – |"
+                )
+            print(row)
+    errors = {k: v.errors for k, v in results.items() if v.errors}
+    if errors:
+        print(f"errors (non-2xx or socket) in: {errors}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,7 @@ from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.openai_errors import openai_error_body
 from longcat.store.accounts import AccountStore
 from longcat.store.db import create_engine, create_schema
+from longcat.store.keycache import follow_changes, publish_change
 from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.app")
@@ -80,16 +82,26 @@ def create_app(settings: Settings) -> Starlette:
     clock = make_clock(settings)
     secret = settings.resolved_secret_key()
     gateway = Gateway(settings, accounts, catalog, usage, counters, clock, secret=secret)
+    redis = getattr(counters, "redis", None)
+    if redis is not None:
+        # Every replica forgets the keys it trusts when one of them changes a key or an account.
+        async def announce() -> None:
+            await publish_change(redis, settings.redis_prefix)
+
+        accounts.on_change = announce
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         await create_schema(db)
         await catalog.start()
         await gateway.start()
+        follower = asyncio.create_task(follow_changes(redis, settings.redis_prefix, accounts.keys)) if redis is not None else None
         log.info("serving %d model(s): %s", len(catalog.models), ", ".join(catalog.models))
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
             await gateway.close()
             await catalog.close()
             await db.dispose()

@@ -19,6 +19,8 @@ from longcat.gateway.clock import beijing_day, make_clock
 from longcat.store.accounts import AccountStore, LimitOverrides, StoreError
 from longcat.store.credentials import new_password
 from longcat.store.db import create_engine, create_schema
+from longcat.store.keycache import TTL as KEY_CACHE_TTL
+from longcat.store.keycache import publish_change
 from longcat.store.usage import UsageStore
 
 ADMIN_EMAIL = "admin@localhost"
@@ -101,11 +103,30 @@ def _with_store(settings: Settings, work: Callable[[AccountStore], Awaitable[Any
         engine = create_engine(settings.resolved_database_url)
         try:
             await create_schema(engine)
-            return await work(AccountStore(engine))
+            store = AccountStore(engine)
+            result = await work(store)
+            if store.changed:
+                await _announce_change(settings)
+            return result
         finally:
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+async def _announce_change(settings: Settings) -> None:
+    """A key or account changed: tell running servers (on Redis, if there is one), then wait
+    out the servers' key cache, so that when the command returns the change is in force
+    everywhere (see store/keycache.py)."""
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await publish_change(client, settings.redis_prefix)
+        finally:
+            await client.aclose()
+    await asyncio.sleep(KEY_CACHE_TTL)
 
 
 # ------------------------------------------------------------------------------------ commands

@@ -27,7 +27,7 @@ from longcat.api.asgi import (
     with_keepalive,
 )
 from longcat.api.models import model_detail
-from longcat.canonical import ApiError, Event, collect, invalid
+from longcat.canonical import ApiError, Event, invalid
 from longcat.config import ModelConfig
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
@@ -55,7 +55,10 @@ async def messages(request: Request) -> Response:
         body = await read_json(request, str(owner.account_id))
         verify = partial(signer.verify_thinking, account=owner.account_id)
         chat = await decode_body(body, anthropic.decode, body.data, verify_thinking=verify)
-        call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="messages"))
+        if chat.stream:
+            call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="messages"))
+        else:  # admitted and collected under one watch of the connection
+            call, done = await until_disconnect(request.receive, gateway.admit_and_collect(owner, chat, "messages"))
     except ApiError as err:
         return anthropic_error(err)
     except Disconnected:
@@ -72,12 +75,6 @@ async def messages(request: Request) -> Response:
         frames = message_frames(gateway.events(call), encoder, gateway.settings.stream_ping_interval)
         return EventStream(frames, anthropic_error, headers)  # type: ignore[return-value]
 
-    try:
-        done = await until_disconnect(request.receive, collect(gateway.events(call)))
-    except ApiError as err:
-        return anthropic_error(err)
-    except Disconnected:
-        return Response(status_code=499)
     message = anthropic.encode_message(
         done, model=chat.model, message_id=anthropic.new_message_id(), sign_thinking=partial(signer.sign_thinking, account=owner.account_id)
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from longcat import jsonutil
 from longcat.canonical import ApiError
 from longcat.engines.scheduler import FairScheduler
 from longcat.protocols.fields import parse_json_object
@@ -46,8 +46,8 @@ _END = object()
 
 
 def dumps(obj: Any) -> bytes:
-    # "replace": a lone surrogate that slipped through (e.g. from an upstream) must not fail a reply.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    # A lone surrogate that slipped through (e.g. from an upstream) must not fail a reply.
+    return jsonutil.dumps(obj)
 
 
 class JSONBody(Response):
@@ -289,44 +289,72 @@ async def until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
         return await work
 
 
+_EVENT_LINES: dict[str, bytes] = {}  # "event: <name>\n" of the few event names the formats use
+
+
 def sse(data: Any, event: str | None = None) -> bytes:
     payload = data if isinstance(data, (bytes, str)) else dumps(data)
     if isinstance(payload, str):
         payload = payload.encode()
-    head = f"event: {event}\n".encode() if event else b""
+    if not event:
+        return b"data: " + payload + b"\n\n"
+    head = _EVENT_LINES.get(event)
+    if head is None:
+        head = f"event: {event}\n".encode()
+        if len(_EVENT_LINES) < 64:
+            _EVENT_LINES[event] = head
     return head + b"data: " + payload + b"\n\n"
 
 
 async def with_keepalive(items: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
     """`items`, plus a `None` each time `interval` seconds pass without one (0 turns that off).
 
-    The pending `anext` runs in its own task, which a timeout never cancels: cancelling it would
-    abort the engine's generator mid-step. It is cancelled only when the consumer stops early.
+    The items are pulled by one task of their own, which a timeout never cancels (cancelling a
+    pending `anext` would abort the engine's generator mid-step), and handed over through a short
+    queue: one task per stream, not one per item. That task is cancelled only when the consumer
+    stops early, and the source is then closed.
     """
+    if interval <= 0:
+        async for item in items:
+            yield item
+        return
     it = aiter(items)
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=64)
 
-    async def step() -> Any:
-        return await anext(it, _END)
+    async def pump() -> None:
+        try:
+            async for item in it:
+                await queue.put((0, item))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            await queue.put((2, exc))
+            return
+        await queue.put((1, None))
 
-    pending: asyncio.Task[Any] | None = None
+    producer = asyncio.get_running_loop().create_task(pump())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.create_task(step())
-            done, _ = await asyncio.wait({pending}, timeout=interval if interval > 0 else None)
-            if not done:
-                yield None
-                continue
-            item, pending = pending.result(), None
-            if item is _END:
+            try:
+                kind, value = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(interval):
+                        kind, value = await queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+            if kind == 1:
                 return
-            yield item
+            if kind == 2:
+                raise value
+            yield value
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait({pending})
-            if not pending.cancelled():
-                pending.exception()  # retrieved, so asyncio does not log it as lost
+        if not producer.done():
+            producer.cancel()
+        await asyncio.wait({producer})
+        if not producer.cancelled():
+            producer.exception()  # retrieved, so asyncio does not log it as lost
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -19,7 +19,7 @@ from longcat.api.asgi import (
     until_disconnect,
 )
 from longcat.api.models import model_detail, model_summary
-from longcat.canonical import ApiError, Event, collect
+from longcat.canonical import ApiError, Event
 from longcat.gateway.pipeline import Gateway
 from longcat.protocols import openai_chat
 from longcat.protocols.openai_errors import openai_error_body
@@ -41,7 +41,10 @@ async def chat_completions(request: Request) -> Response:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
         chat = await decode_body(body, openai_chat.decode, body.data)
-        call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="chat.completions"))
+        if chat.stream:
+            call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="chat.completions"))
+        else:  # admitted and collected under one watch of the connection
+            call, done = await until_disconnect(request.receive, gateway.admit_and_collect(owner, chat, "chat.completions"))
     except ApiError as err:
         return openai_error(err)
     except Disconnected:
@@ -52,12 +55,6 @@ async def chat_completions(request: Request) -> Response:
         encoder = openai_chat.ChatStreamEncoder(model=chat.model, include_usage=chat.extras["include_usage"])
         return EventStream(_chat_frames(gateway.events(call), encoder), openai_error, headers)  # type: ignore[return-value]
 
-    try:
-        done = await until_disconnect(request.receive, collect(gateway.events(call)))
-    except ApiError as err:
-        return openai_error(err)
-    except Disconnected:
-        return Response(status_code=499)
     body = openai_chat.encode_completion(
         done, model=chat.model, completion_id=openai_chat.new_completion_id(), created=int(time.time())
     )

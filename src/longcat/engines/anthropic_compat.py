@@ -99,6 +99,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from longcat import jsonutil
 from longcat.canonical import (
     ApiError,
     ChatRequest,
@@ -888,7 +889,7 @@ class StreamReader:
 
     def _json(self, data: str | bytes) -> Any:
         try:
-            return json.loads(data)
+            return jsonutil.loads(data)
         except ValueError:
             raise malformed(self.translator.model_id, "data that is not JSON") from None
 

@@ -46,6 +46,12 @@ class Engine(abc.ABC):
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
 
+    @property
+    def measure_is_estimate(self) -> bool:
+        """True when `measure` only computes an estimate (no tokenizer, no I/O): the gateway
+        then skips the tokenization gate, which exists to share real tokenizers fairly."""
+        return False
+
     async def start(self) -> None:
         """Load weights, open connections. Called once before the first request."""
 

@@ -85,6 +85,10 @@ class MockEngine(Engine):
             "tokenizer": "mock (words and punctuation)",
         }
 
+    @property
+    def measure_is_estimate(self) -> bool:
+        return not self.count_delay  # a mock with a delay plays a slow tokenizer: it takes the gate
+
     async def count_tokens(self, request: ChatRequest) -> int:
         if self.count_delay:
             await asyncio.sleep(self.count_delay)  # a slow tokenizer, for tests of admission

@@ -74,6 +74,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from longcat import jsonutil
 from longcat.canonical import (
     ApiError,
     Block,
@@ -628,7 +629,7 @@ class StreamReader:
 
     def _json(self, data: str | bytes) -> Any:
         try:
-            return json.loads(data)
+            return jsonutil.loads(data)
         except ValueError:
             raise malformed(self.translator.model_id, "data that is not JSON") from None
 

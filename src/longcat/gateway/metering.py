@@ -95,6 +95,9 @@ class UsageWriter:
             pending.append(self._queue.get_nowait())
         for start in range(0, len(pending), MAX_BATCH):
             await self._write(pending[start : start + MAX_BATCH])
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            await asyncio.get_running_loop().run_in_executor(None, close)
 
 
 def billed_tokens(ctx: CallContext, outcome: str, delivered: bool) -> int:

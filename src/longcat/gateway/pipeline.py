@@ -20,7 +20,16 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from longcat.canonical import ApiError, ChatRequest, Error, Event, Finish, ThinkingDelta, check_counts
+from longcat.canonical import (
+    ApiError,
+    ChatRequest,
+    Error,
+    Event,
+    Finish,
+    ThinkingDelta,
+    check_counts,
+    collect,
+)
 from longcat.config import ModelConfig, Settings
 from longcat.engines.base import CallContext, Engine, context_exceeded
 from longcat.engines.catalog import Catalog
@@ -166,6 +175,8 @@ class Gateway:
         at_least = engine.min_prompt_tokens(request)
         if at_least >= model.context_window:
             raise context_exceeded(model, at_least, at_least=True)
+        if engine.measure_is_estimate:
+            return await count()  # arithmetic on the request: nothing to wait for
         gate = self._gate(model, engine)
         await gate.acquire(tenant)
         work = asyncio.ensure_future(count())
@@ -215,6 +226,12 @@ class Gateway:
                 param="max_tokens",
             )
         return Call(owner, model, engine, request, ctx, endpoint, time.perf_counter())
+
+    async def admit_and_collect(self, owner: KeyOwner, request: ChatRequest, endpoint: str):
+        """`admit`, then the whole reply collected (non-streaming): (the call, the reply). One
+        awaitable, so a route watches the client's connection once for both."""
+        call = await self.admit(owner, request, endpoint)
+        return call, await collect(self.events(call))
 
     async def _acquire(self, call: Call) -> None:
         """Rate limits, then the quota. Raises 429 / 403 `ApiError`s, holding nothing if it does.

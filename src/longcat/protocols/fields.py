@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+from longcat import jsonutil
 from longcat.canonical import ApiError, invalid
 
 _MISSING = object()
@@ -23,7 +24,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = jsonutil.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:

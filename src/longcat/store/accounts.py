@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from longcat.store.credentials import hash_key, hash_password, key_hint, new_api_key
+from longcat.store.keycache import KeyCache
 from longcat.store.schema import accounts, api_keys
 
 MAX_ACTIVE_KEYS = 100
@@ -86,9 +88,44 @@ def validate_key_name(name: str) -> str:
     return name
 
 
+# Built once: building this SELECT per request cost more than running it.
+_AUTHENTICATE = (
+    select(
+        api_keys.c.id,
+        api_keys.c.name,
+        accounts.c.id,
+        accounts.c.email,
+        accounts.c.is_admin,
+        accounts.c.daily_quota,
+        api_keys.c.rpm_limit,
+        api_keys.c.tpm_limit,
+        api_keys.c.concurrency_limit,
+        accounts.c.rpm_limit,
+        accounts.c.tpm_limit,
+        accounts.c.concurrency_limit,
+    )
+    .join(accounts, accounts.c.id == api_keys.c.account_id)
+    .where(api_keys.c.key_hash == bindparam("key_hash"))
+    .where(api_keys.c.status == "enabled")
+    .where(accounts.c.disabled.is_(False))
+)
+
+
 class AccountStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, key_cache: KeyCache | None = None) -> None:
         self.engine = engine
+        # Authenticated keys, for a moment (see store/keycache.py); emptied by every change here.
+        self.keys = key_cache if key_cache is not None else KeyCache()
+        # Called after each change to keys or accounts (the app announces it on Redis).
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+        self.changed = False  # a change was made through this store (the CLI then waits out the TTL)
+        self._lookups: dict[str, tuple[int, asyncio.Future[KeyOwner | None]]] = {}
+
+    async def _changed(self) -> None:
+        self.keys.clear()
+        self.changed = True
+        if self.on_change is not None:
+            await self.on_change()
 
     # ----------------------------------------------------------------- accounts
 
@@ -196,43 +233,43 @@ class AccountStore:
             raise StoreError(f"no key with id {key_id}")
         async with self.engine.begin() as conn:
             await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(status=status))
+        await self._changed()
         return await self.get_key(key_id)  # type: ignore[return-value]
 
     async def authenticate(self, secret: str) -> KeyOwner | None:
-        """The owner of an enabled key on an enabled account, or None."""
-        query = (
-            select(
-                api_keys.c.id,
-                api_keys.c.name,
-                accounts.c.id,
-                accounts.c.email,
-                accounts.c.is_admin,
-                accounts.c.daily_quota,
-                api_keys.c.rpm_limit,
-                api_keys.c.tpm_limit,
-                api_keys.c.concurrency_limit,
-                accounts.c.rpm_limit,
-                accounts.c.tpm_limit,
-                accounts.c.concurrency_limit,
-            )
-            .join(accounts, accounts.c.id == api_keys.c.account_id)
-            .where(api_keys.c.key_hash == hash_key(secret))
-            .where(api_keys.c.status == "enabled")
-            .where(accounts.c.disabled.is_(False))
-        )
+        """The owner of an enabled key on an enabled account, or None (cached: see keycache)."""
+        digest = hash_key(secret)
+        owner = self.keys.get(digest)
+        if owner is not None:
+            return owner
+        # One lookup per key at a time: when an entry expires under load, the requests that
+        # arrive meanwhile share the lookup instead of each reading the database.
+        pending = self._lookups.get(digest)
+        if pending is not None and pending[0] == self.keys.generation:
+            return await asyncio.shield(pending[1])
+        generation = self.keys.generation
+        lookup = asyncio.ensure_future(self._lookup(digest, generation))
+        self._lookups[digest] = (generation, lookup)
+        lookup.add_done_callback(lambda _f: self._lookups.pop(digest, None) if self._lookups.get(digest, (0, None))[1] is lookup else None)
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, digest: str, generation: int) -> KeyOwner | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_AUTHENTICATE, {"key_hash": digest})).first()
         if row is None:
             return None
-        return KeyOwner(
+        owner = KeyOwner(
             row[0], row[1], row[2], row[3], bool(row[4]), row[5], LimitOverrides(*row[6:9]), LimitOverrides(*row[9:12])
         )
+        self.keys.put(digest, owner, generation)
+        return owner
 
     async def set_daily_quota(self, account_id: int, tokens: int | None) -> None:
         if tokens is not None and tokens < 0:
             raise StoreError("a daily quota cannot be negative")
         async with self.engine.begin() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account_id).values(daily_quota=tokens))
+        await self._changed()
 
     async def set_key_limits(self, key_id: int, limits: LimitOverrides) -> ApiKey:
         key = await self.get_key(key_id)
@@ -255,6 +292,7 @@ class AccountStore:
         if values:
             async with self.engine.begin() as conn:
                 await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+            await self._changed()
 
     async def get_limits(self, table_name: str, row_id: int) -> LimitOverrides:
         table = api_keys if table_name == "key" else accounts
@@ -294,6 +332,7 @@ class AccountStore:
             raise StoreError(f"cannot set {sorted(set(values) - allowed)}")
         async with self.engine.begin() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+        await self._changed()
 
     async def replace_limits(self, scope: str, row_id: int, limits: LimitOverrides) -> None:
         """Set all three limits of a key or account; None goes back to the configured default."""
@@ -303,6 +342,7 @@ class AccountStore:
             raise StoreError("limits cannot be negative (0 means unlimited)")
         async with self.engine.begin() as conn:
             await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+        await self._changed()
 
     async def search_accounts(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Accounts whose email contains `query`, newest first, with their active key counts."""
@@ -336,6 +376,7 @@ class AccountStore:
             )
         if not result.rowcount:
             raise StoreError(f"no key with id {key_id}")
+        await self._changed()
         return await self.get_key(key_id)  # type: ignore[return-value]
 
     async def keys_with_limits(self, account_id: int) -> list[tuple[ApiKey, LimitOverrides]]:
