@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from longcat.canonical import RATE_LIMIT_MESSAGE
@@ -84,7 +85,7 @@ def build(settings: Settings, base: str, key_name: str | None = None) -> dict[st
         "openai_base": base + "/openai",
         "openai_v1": base + "/openai/v1",
         "anthropic_base": base + "/anthropic",
-        "console": {p: f"{base}/{p}" for p in ("register", "login", "keys", "usage", "feedback", "playground", "account")},
+        "console": SimpleNamespace(**{p: f"{base}/{p}" for p in ("register", "login", "keys", "usage", "feedback", "playground", "account")}),
         "key": key,
         "key_name": key_name or "",
         "models": models,
@@ -134,4 +135,5 @@ def _changelog() -> str:
     lines = text.splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
+    lines = [line for line in lines if not line.lstrip().startswith("<!--")]
     return "\n".join(lines).strip() + "\n"

@@ -67,9 +67,8 @@ def _slugify(text: str) -> str:
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(["table", "strikethrough"])
     anchors_plugin(md, min_level=2, max_level=3, slug_func=_slugify, permalink=False)
-    counter = {"n": 0}
 
-    def fence(tokens, idx, options, env):
+    def fence(self, tokens, idx, options, env):
         token = tokens[idx]
         lang = (token.info or "").strip().split()[0] if token.info else ""
         env["blocks"] = env.get("blocks", 0) + 1
@@ -77,7 +76,6 @@ def _markdown() -> MarkdownIt:
         label = env.get("copy_label", "Copy")
         done = env.get("copied_label", "Copied")
         cls = f' class="language-{html.escape(lang)}"' if lang else ""
-        counter["n"] += 1
         return (
             f'<div class="codeblock"><div class="codebar"><span>{html.escape(lang or "text")}</span>'
             f'<button type="button" class="btn ghost small" data-copy="{block_id}" data-copied="{html.escape(done)}" '
@@ -88,10 +86,10 @@ def _markdown() -> MarkdownIt:
     md.add_render_rule("fence", fence)
     md.add_render_rule("code_block", fence)
 
-    def table_open(tokens, idx, options, env):
+    def table_open(self, tokens, idx, options, env):
         return '<div class="table-scroll" tabindex="0"><table>\n'
 
-    def table_close(tokens, idx, options, env):
+    def table_close(self, tokens, idx, options, env):
         return "</table></div>\n"
 
     md.add_render_rule("table_open", table_open)
