@@ -83,7 +83,7 @@ async def _visitor(request: Request) -> tuple[Any, list[str]]:
     if principal is None:
         return None, []
     keys = await request.app.state.accounts.list_keys(principal.account.id)
-    return principal, [k.name for k in keys if k.status == "active"]
+    return principal, [k.name for k in keys if k.status == "enabled"]
 
 
 async def _facts(request: Request) -> tuple[dict[str, Any], Any, list[str], str]:
