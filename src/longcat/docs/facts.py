@@ -25,7 +25,7 @@ def key_placeholder(name: str | None) -> str:
     """What snippets show instead of a key: a reminder of the key's name, never the key."""
     if not name:
         return DEFAULT_KEY
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:50] or "key"
+    slug = re.sub(r"[^\w.-]+", "-", name).strip("-")[:50] or "key"
     return f"YOUR_KEY:{slug}"
 
 
