@@ -108,6 +108,44 @@ def test_longcat_connect_keeps_unrelated_settings_and_the_cli_works(servers, tmp
     _check_scripted_run(agent, server, run, tmp_path / "project")
 
 
+# ------------------------------------------------- a model with the embedded model's limits
+
+GREETING = "Hello from a model with a small window."
+SMALL_WINDOW = f"""
+[[models]]
+id = "LongCat-2.0-Preview"
+engine = "mock"
+context_window = 8192
+max_output = 8192
+script = [{{ text = "{GREETING}" }}]
+"""
+
+
+@pytest.fixture(scope="module")
+def small_window(tmp_path_factory):
+    data = tmp_path_factory.mktemp("docs-8192")
+    server = Server(data, write_config(data / "config.toml", SMALL_WINDOW), free_port()).start()
+    server.key = server.new_key("small@example.com")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("agent", ["opencode", "openclaw"])
+def test_agents_answer_in_8192_tokens_as_their_guides_configure_them(small_window, tmp_path, agent):
+    """The mock model counts a word as a token, so the prompts are smaller than the embedded
+    model's count; what this checks is the guides' limits: no compaction loop (OpenCode) and a
+    reply that is not cut to one token (OpenClaw)."""
+    home = tmp_path / "home"
+    install_guide_config(agent, small_window.base_url, small_window.key, home)
+    run = run_configured_agent(agent, home, tmp_path / "project", "Say hello.", key=small_window.key,
+                               model="LongCat-2.0-Preview", timeout=90)
+    assert run.returncode == 0, run.output[-4000:]
+    assert GREETING in run.stdout
+    turns = usage_lines(small_window, "LongCat-2.0-Preview")
+    assert turns and all(t["outcome"] == "ok" for t in turns), turns
+    assert len(turns) <= 3, turns  # OpenCode: a title and the answer; no compaction requests
+
+
 # ----------------------------------------------------------------- against the embedded model
 
 

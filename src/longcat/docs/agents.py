@@ -13,6 +13,7 @@ with a margin.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 AGENTS = ("claude-code", "codex", "opencode", "kilo", "openclaw")
@@ -27,6 +28,15 @@ MEASURED_WITH = {
     "kilo": "@kilocode/cli 7.7.7",
     "openclaw": "openclaw 2026.9.6",
 }
+# OpenClaw sizes `max_tokens` as its `contextWindow` minus its own estimate of the prompt, which
+# runs about 14% above the real count (measured: 9,262 for a first prompt of 8,100 tokens); with a
+# window that small it would ask for 1 token. Below this window it is told a window 15% larger
+# than the real one: the platform still enforces the real window, and `maxTokens` (computed
+# from the real room) bounds what it asks for.
+OPENCLAW_ESTIMATE = 9_262
+OPENCLAW_SCALE = 1.15
+OPENCLAW_SCALED_BELOW = 4 * OPENCLAW_ESTIMATE
+
 # The least room an answer needs after the first prompt for the agent to be of any use.
 MIN_ANSWER = 64
 
@@ -149,6 +159,11 @@ def kilo_settings(t: Target) -> dict:
     return {"provider": {"longcat": openai_compatible_provider("kilo", t)}, "model": f"longcat/{t.model}"}
 
 
+def openclaw_window(context: int) -> int:
+    """The `contextWindow` to tell OpenClaw for a model with this real window (see above)."""
+    return context if context >= OPENCLAW_SCALED_BELOW else math.ceil(context * OPENCLAW_SCALE)
+
+
 def openclaw_settings(t: Target) -> dict:
     return {
         "models": {
@@ -159,7 +174,7 @@ def openclaw_settings(t: Target) -> dict:
                     "apiKey": t.key,
                     "api": "openai-completions",
                     "models": [
-                        {"id": m, "name": m, "contextWindow": c, "maxTokens": fit("openclaw", m, c, o).output}
+                        {"id": m, "name": m, "contextWindow": openclaw_window(c), "maxTokens": fit("openclaw", m, c, o).output}
                         for m, c, o in t.models
                     ],
                 }
