@@ -23,7 +23,6 @@ import pytest
 from tests.support.agents import context_message
 from tests.support.docs import (
     CONFIG_FILES,
-    answer,
     install_guide_config,
     marker,
     run_configured_agent,
