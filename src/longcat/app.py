@@ -21,6 +21,7 @@ from longcat.canonical import ApiError
 from longcat.config import Settings
 from longcat.console.routes import routes as console_routes
 from longcat.console.state import Console
+from longcat.docs.routes import routes as docs_routes
 from longcat.engines.catalog import Catalog
 from longcat.gateway.clock import make_clock
 from longcat.gateway.counters import MemoryCounters, RedisCounters
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
         *openai_routes.routes(),
         *anthropic_routes.routes(),
         *platform_routes.routes(),
+        *docs_routes(),
         *console_routes(),
     ]
     app = Starlette(

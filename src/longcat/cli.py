@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from longcat.config import ConfigError, Settings, load_settings
+from longcat.connect import ConnectError
 from longcat.gateway.clock import beijing_day, make_clock
 from longcat.store.accounts import AccountStore, LimitOverrides, StoreError
 from longcat.store.credentials import new_password
@@ -85,7 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(klimits)
     klimits.add_argument("key_id", type=int)
     _limit_flags(klimits)
+    _connect_parser(sub)
     return parser
+
+
+def _connect_parser(sub) -> None:
+    from longcat.docs.agents import AGENTS
+
+    connect = sub.add_parser(
+        "connect", help="write or merge a coding agent's settings for this platform (backup, diff, --dry-run)",
+        description="Write or merge a coding agent's user settings so it uses this platform: only the "
+        "platform's own entries change, the file is backed up first and the diff is printed.",
+    )
+    _common(connect)
+    connect.add_argument("agent", choices=AGENTS)
+    connect.add_argument("--url", help="the deployment's base URL (default: public_url, else http://host:port)")
+    connect.add_argument("--key", help="an API key to use (default: a new key made for --account)")
+    connect.add_argument("--account", help="the account (email) a new key is made for when --key is not given")
+    connect.add_argument("--model", help="the model to use by default (default: the deployment's first)")
+    connect.add_argument("--home", help="the home directory whose settings are written (default: $HOME)")
+    connect.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
 
 
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +293,45 @@ def _cmd_set_limits(scope: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from longcat import connect as conn
+    from longcat.docs.agents import Target
+
+    settings = _settings(args)
+    url = (args.url or settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    key = args.key
+    if not key:
+        if not args.account:
+            raise conn.ConnectError("give --key, or --account to make a new key for that account")
+
+        async def work(store: AccountStore):
+            account = await store.require_account(args.account)
+            return await store.create_key(account.id, f"{args.agent} (connect)")
+
+        created, key = _with_store(settings, work)
+        print(f"created key {created.id} {created.name!r} for {args.account}")
+    home = Path(args.home).expanduser() if args.home else Path.home()
+    env = {} if args.home else dict(os.environ)
+    models = conn.order_models(conn.deployment_models(url, key, settings), args.model)
+    target = Target(url, key, models)
+    path = conn.config_path(args.agent, home, env)
+    result = conn.connect(args.agent, target, path, dry_run=args.dry_run)
+    if not result.changed:
+        print(f"{path}: already up to date")
+    else:
+        print(result.diff, end="" if result.diff.endswith("\n") else "\n")
+        if args.dry_run:
+            print(f"(dry run: {path} not written)")
+        else:
+            print(f"wrote {path}" + (f"; the previous version is in {result.backup}" if result.backup else ""))
+    for note in result.notes:
+        print(note)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from longcat.app import create_app
     from longcat.serving import build_server
@@ -352,6 +411,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("users", "set-quota"): cmd_users_set_quota,
     ("users", "usage"): cmd_users_usage,
     ("users", "set-limits"): _cmd_set_limits("account"),
+    ("connect", None): cmd_connect,
 }
 
 
@@ -360,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = HANDLERS[(args.command, getattr(args, "action", None))]
     try:
         return handler(args)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, ConnectError) as exc:
         print(f"longcat: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
