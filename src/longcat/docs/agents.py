@@ -146,17 +146,22 @@ def openai_compatible_provider(agent: str, t: Target) -> dict:
     }
 
 
-def opencode_settings(t: Target) -> dict:
-    settings: dict = {"provider": {"longcat": openai_compatible_provider("opencode", t)}, "model": f"longcat/{t.model}"}
-    if not all(f.room > 4 * f.prompt for f in t.fits("opencode")):
-        # A small window: a context-length error would make OpenCode compact and retry; off, it
-        # shows the error and stops.
+def _opencode_family_settings(agent: str, t: Target) -> dict:
+    """OpenCode and Kilo (a fork of it) take the same settings."""
+    settings: dict = {"provider": {"longcat": openai_compatible_provider(agent, t)}, "model": f"longcat/{t.model}"}
+    if not all(f.room > 4 * f.prompt for f in t.fits(agent)):
+        # A small window: a context-length error would make the agent compact and retry (and
+        # then ramble on a compacted history); off, it shows the error and stops.
         settings["compaction"] = {"auto": False}
     return settings
 
 
+def opencode_settings(t: Target) -> dict:
+    return _opencode_family_settings("opencode", t)
+
+
 def kilo_settings(t: Target) -> dict:
-    return {"provider": {"longcat": openai_compatible_provider("kilo", t)}, "model": f"longcat/{t.model}"}
+    return _opencode_family_settings("kilo", t)
 
 
 def openclaw_window(context: int) -> int:

@@ -122,6 +122,7 @@ def build(settings: Settings, base: str, key_name: str | None = None) -> dict[st
             "kilo_json": agents.pretty(agents.kilo_settings(target)),
             "openclaw_json": agents.pretty(agents.openclaw_settings(target)),
             "opencode_compaction_off": "compaction" in agents.opencode_settings(target),
+            "kilo_compaction_off": "compaction" in agents.kilo_settings(target),
             "openclaw_scaled": any(agents.openclaw_window(m["context"]) != m["context"] for m in models),
             "openclaw_scaled_below": agents.OPENCLAW_SCALED_BELOW,
             "openclaw_estimate": agents.OPENCLAW_ESTIMATE,
