@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import time
 from pathlib import Path
@@ -14,19 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.browser import axe_violations, chromium, require_chromium
 from tests.support.console import admin_password, start_console_server, unique_email
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("LONGCAT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-AXE = "/static/vendor/axe-core-4.14.1/axe.min.js"
 PASSWORD = "correct horse battery"
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):  # CI installs it (.ci/run): its absence there is a failure, not a skip
-        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +33,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            # Several windows at once: keep the hidden ones' timers (htmx polling) running at full speed.
-            "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows", "--disable-renderer-backgrounding",
-        ])
-        yield b
-        b.close()
+    yield from chromium()
 
 
 def new_page(browser, server, *, lang: str = "en", theme: str = "light", width: int = 1280):
@@ -202,13 +190,6 @@ PAGES_USER = ["/keys", "/usage", "/feedback", "/playground", "/account"]
 PAGES_ADMIN = ["/admin/users", "/admin/users/{account_id}", "/admin/usage", "/admin/feedback", "/admin/invites", "/admin/audit"]
 
 
-def _axe(page) -> list[dict]:
-    page.add_script_tag(url=AXE)
-    result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
-    return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:3]} for v in result
-            if v["impact"] in ("serious", "critical")]
-
-
 def test_every_page_both_languages_both_themes_axe_and_screenshots(browser, server):
     data = _populate(server)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -231,7 +212,7 @@ def test_every_page_both_languages_both_themes_axe_and_screenshots(browser, serv
                     name = (path.strip("/").replace("/", "_") or "root") + ("-forbidden" if response.status == 403 else "")
                     page.screenshot(path=str(ARTIFACTS / f"{name}.{lang}.{theme}.{device}.png"), full_page=True)
                     shots += 1
-                    for v in _axe(page):
+                    for v in axe_violations(page):
                         problems.append((path, lang, theme, device, v))
                     if lang == "zh_CN":
                         body = page.locator("main").inner_text()
@@ -243,7 +224,7 @@ def test_every_page_both_languages_both_themes_axe_and_screenshots(browser, serv
                 user.locator("#new-secret").wait_for()
                 user.screenshot(path=str(ARTIFACTS / f"keys-new.{lang}.{theme}.{device}.png"), full_page=True)
                 shots += 1
-                problems += [("/keys (new key)", lang, theme, device, v) for v in _axe(user)]
+                problems += [("/keys (new key)", lang, theme, device, v) for v in axe_violations(user)]
                 for p in (anon, user, admin):
                     p.context.close()
     assert shots == 2 * 2 * 2 * (len(PAGES_ANON) + len(PAGES_USER) + len(PAGES_ADMIN) + 2)

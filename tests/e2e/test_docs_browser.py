@@ -5,24 +5,19 @@ pick a key name)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from longcat.docs import site
+from tests.support.browser import axe_violations, chromium, require_chromium
 from tests.support.console import signed_in, start_console_server
 
 pytestmark = pytest.mark.browser
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("LONGCAT_CHROMIUM", "/usr/bin/chromium")
+pytest.importorskip("playwright.sync_api")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots" / "docs"
-AXE = "/static/vendor/axe-core-4.14.1/axe.min.js"
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +29,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
+    yield from chromium()
 
 
 def new_page(browser, server, *, theme: str = "light", width: int = 1280, cookies=()):
@@ -47,13 +39,6 @@ def new_page(browser, server, *, theme: str = "light", width: int = 1280, cookie
     page = ctx.new_page()
     page.set_default_timeout(15_000)
     return page
-
-
-def _axe(page) -> list[dict]:
-    page.add_script_tag(url=AXE)
-    result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
-    return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:3]} for v in result
-            if v["impact"] in ("serious", "critical")]
 
 
 def test_every_docs_page_both_languages_both_themes_axe_and_screenshots(browser, server):
@@ -72,7 +57,7 @@ def test_every_docs_page_both_languages_both_themes_axe_and_screenshots(browser,
                     name = slug.split("?")[0]
                     page.screenshot(path=str(ARTIFACTS / f"{name}.{lang}.{theme}.{device}.png"), full_page=slug in ("quick-start", "search?q=quota"))
                     shots += 1
-                    problems += [(prefix + slug, theme, device, v) for v in _axe(page)]
+                    problems += [(prefix + slug, theme, device, v) for v in axe_violations(page)]
             page.context.close()
     assert shots == 2 * 2 * 2 * (len(site.SLUGS) + 1)
     assert problems == [], problems

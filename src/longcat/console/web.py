@@ -10,7 +10,6 @@ JSON endpoints (`@endpoint(…)`) accept a session cookie (mutations then need t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import secrets
@@ -28,6 +27,7 @@ from longcat.console.state import Console
 from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.principal import PRE_COOKIE, SESSION_COOKIE, Principal, from_key, from_session, has_key
 from longcat.gateway.sessions import csrf_ok, csrf_token
+from longcat.httpkit import trusted_peer
 from longcat.protocols.openai_errors import openai_error_body
 
 log = logging.getLogger("longcat.console")
@@ -58,14 +58,7 @@ def console(request: Request) -> Console:
 
 def _trusted(request: Request) -> bool:
     peer = request.client.host if request.client else ""
-    allowed = [p.strip() for p in console(request).settings.trusted_proxies.split(",") if p.strip()]
-    if not peer or not allowed:
-        return False
-    try:
-        addr = ipaddress.ip_address(peer)
-        return any(addr in ipaddress.ip_network(p, strict=False) for p in allowed)
-    except ValueError:
-        return False
+    return trusted_peer(peer, console(request).settings.trusted_proxies)
 
 
 def client_ip(request: Request) -> str:

@@ -7,7 +7,6 @@ catalog, and every URL from `public_url` or from the request as the visitor sent
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ from longcat.canonical import RATE_LIMIT_MESSAGE
 from longcat.config import Settings
 from longcat.docs import agents
 from longcat.gateway.clock import BEIJING
+from longcat.httpkit import trusted_peer
 
 DEFAULT_KEY = "YOUR_API_KEY"
 
@@ -29,17 +29,6 @@ def key_placeholder(name: str | None) -> str:
     return f"YOUR_KEY:{slug}"
 
 
-def _trusted(peer: str, trusted: str) -> bool:
-    allowed = [p.strip() for p in trusted.split(",") if p.strip()]
-    if not peer or not allowed:
-        return False
-    try:
-        addr = ipaddress.ip_address(peer)
-        return any(addr in ipaddress.ip_network(p, strict=False) for p in allowed)
-    except ValueError:
-        return False
-
-
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -49,7 +38,7 @@ def base_url(settings: Settings, scheme: str, host: str, peer: str, headers: Any
     a plain host name (or address) and port is ignored."""
     if settings.public_url:
         return settings.public_url.rstrip("/")
-    if _trusted(peer, settings.trusted_proxies):
+    if trusted_peer(peer, settings.trusted_proxies):
         proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
         fwd_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
         if proto in ("http", "https"):

@@ -16,11 +16,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from longcat.docs import facts as facts_mod
 from longcat.docs import site
 from longcat.gateway.principal import SESSION_COOKIE, from_session
+from longcat.httpkit import ImmutableStaticFiles
 
 HERE = Path(__file__).parent
 CSP = (
@@ -198,15 +198,6 @@ async def redirect(request: Request) -> Response:
     return RedirectResponse(request.url.path + "/", status_code=308)
 
 
-class _Static(StaticFiles):
-    async def get_response(self, path, scope):
-        response = await super().get_response(path, scope)
-        if response.status_code == 200:
-            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
-            response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-
-
 def routes() -> list[BaseRoute]:
     return [
         Route("/llms.txt", llms_txt, methods=["GET", "HEAD"]),
@@ -216,7 +207,7 @@ def routes() -> list[BaseRoute]:
         Route("/docs/zh/", page, methods=["GET", "HEAD"]),
         Route("/docs/search", search_page, methods=["GET", "HEAD"]),
         Route("/docs/zh/search", search_page, methods=["GET", "HEAD"]),
-        Mount("/docs/static", app=_Static(directory=HERE / "static"), name="docs-static"),
+        Mount("/docs/static", app=ImmutableStaticFiles(directory=HERE / "static"), name="docs-static"),
         Route("/docs/zh/{page}", page, methods=["GET", "HEAD"]),
         Route("/docs/{page}", page, methods=["GET", "HEAD"]),
     ]

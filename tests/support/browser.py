@@ -1,0 +1,45 @@
+"""Debian's Chromium driven by Playwright, for the console's and the docs site's browser tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("LONGCAT_CHROMIUM", "/usr/bin/chromium")
+AXE = "/static/vendor/axe-core-4.14.1/axe.min.js"
+ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    # Several windows at once: keep the hidden ones' timers (htmx polling) running at full speed.
+    "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows", "--disable-renderer-backgrounding",
+]
+
+
+def require_chromium() -> None:
+    """Skip the module without Chromium, except in CI, which installs it (.ci/run): there its
+    absence is a failure."""
+    if Path(CHROMIUM).exists():
+        return
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+
+def chromium() -> Iterator:
+    """A launched browser, for a module-scoped fixture."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def axe_violations(page) -> list[dict]:
+    """axe-core's serious and critical findings on the page, briefly."""
+    page.add_script_tag(url=AXE)
+    result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
+    return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:3]} for v in result
+            if v["impact"] in ("serious", "critical")]
