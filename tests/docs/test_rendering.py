@@ -73,7 +73,14 @@ def test_the_embedded_default_fits_opencode_and_openclaw_only():
     assert {a for a, f in fits.items() if f.fits} == {"opencode", "openclaw"}
     # OpenCode compacts when used >= context - output: its first prompt must stay below that.
     assert agents.PROMPT_TOKENS["opencode"] < 8192 - fits["opencode"].output
-    assert fits["openclaw"].output > 1 and agents.PROMPT_TOKENS["openclaw"] + fits["openclaw"].output <= 8192
+    # OpenClaw's full prompt would leave under 100 tokens: it is given the minimal tool profile,
+    # and its output limit is sized from that prompt.
+    assert agents.openclaw_lean(8192) and not agents.openclaw_lean(200_000)
+    assert fits["openclaw"].prompt == agents.OPENCLAW_LEAN_PROMPT
+    assert fits["openclaw"].output > 1 and agents.OPENCLAW_LEAN_PROMPT + fits["openclaw"].output <= 8192
+    target = agents.Target("http://x", "k", (("LongCat-2.0-Preview", 8192, 8192),))
+    assert agents.openclaw_settings(target)["tools"] == {"profile": "minimal"}
+    assert "tools" not in agents.openclaw_settings(agents.Target("http://x", "k", (("big", 200_000, 8192),)))
 
 
 def test_public_url_wins(tmp_path):

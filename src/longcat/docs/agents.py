@@ -37,6 +37,21 @@ OPENCLAW_ESTIMATE = 9_262
 OPENCLAW_SCALE = 1.15
 OPENCLAW_SCALED_BELOW = 4 * OPENCLAW_ESTIMATE
 
+# OpenClaw's first prompt with `tools.profile = "minimal"` (measured, same version): what the
+# guide configures for a window where the full prompt would leave little room (see below).
+OPENCLAW_LEAN_PROMPT = 3_100
+# Even with only its file and shell tools OpenClaw's first prompt is ~6,900 tokens (measured),
+# too much for an 8,192-token window once a tool result comes back: on such a window it gets
+# the minimal profile (a chat assistant without tools).
+OPENCLAW_LEAN_TOOLS = {"profile": "minimal"}
+
+
+def openclaw_lean(context: int) -> bool:
+    """Whether OpenClaw gets the minimal tool profile for a model with this window: its full
+    first prompt (~8,100 tokens, give or take the paths and dates in it) would not reliably fit."""
+    return context - PROMPT_TOKENS["openclaw"] < 4 * PROMPT_TOKENS["openclaw"]
+
+
 # The least room an answer needs after the first prompt for the agent to be of any use.
 MIN_ANSWER = 64
 
@@ -58,7 +73,7 @@ class Fit:
 
 
 def fit(agent: str, model: str, context: int, max_output: int) -> Fit:
-    prompt = PROMPT_TOKENS[agent]
+    prompt = OPENCLAW_LEAN_PROMPT if agent == "openclaw" and openclaw_lean(context) else PROMPT_TOKENS[agent]
     room = context - prompt
     fits = room >= MIN_ANSWER
     output = max(1, min(max_output, room // 2)) if fits else min(max_output, max(1, context // 4))
@@ -186,6 +201,8 @@ def openclaw_settings(t: Target) -> dict:
             },
         },
         "agents": {"defaults": {"model": {"primary": f"longcat/{t.model}"}}},
+        # The window of the default model decides (the one OpenClaw uses unless told otherwise).
+        **({"tools": OPENCLAW_LEAN_TOOLS} if openclaw_lean(t.models[0][1]) else {}),
     }
 
 

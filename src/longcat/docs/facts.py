@@ -112,6 +112,8 @@ def build(settings: Settings, base: str, key_name: str | None = None) -> dict[st
             "openclaw_json": agents.pretty(agents.openclaw_settings(target)),
             "opencode_compaction_off": "compaction" in agents.opencode_settings(target),
             "kilo_compaction_off": "compaction" in agents.kilo_settings(target),
+            "openclaw_lean": "tools" in agents.openclaw_settings(target),
+            "openclaw_lean_prompt": agents.OPENCLAW_LEAN_PROMPT,
             "openclaw_scaled": any(agents.openclaw_window(m["context"]) != m["context"] for m in models),
             "openclaw_scaled_below": agents.OPENCLAW_SCALED_BELOW,
             "openclaw_estimate": agents.OPENCLAW_ESTIMATE,
