@@ -154,7 +154,7 @@ async def resend_verification(ctx: Ctx) -> Response:
 @page(auth=None)
 async def verify_email(ctx: Ctx) -> Response:
     ok = await ctx.c.desk.verify_email(ctx.request.query_params.get("token", ""))
-    return ctx.render("message.html", title=ctx.gettext("Email confirmed") if ok else ctx.gettext("This link does not work"),
+    return ctx.render("notice.html", title=ctx.gettext("Email confirmed") if ok else ctx.gettext("This link does not work"),
                       message=ctx.gettext("Thank you: your email address is confirmed.") if ok
                       else ctx.gettext("This link is invalid, used or expired. Ask for a new one."), ok=ok)
 

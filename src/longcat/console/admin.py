@@ -91,7 +91,7 @@ async def user_page(ctx: Ctx) -> Response:
     try:
         data = await user_data(ctx.c, aid)
     except ActionError as e:
-        return ctx.render("error.html", status=e.status, title=ctx.gettext("Not found"), message=ctx.err(e))
+        return ctx.render("notice.html", status=e.status, title=ctx.gettext("Not found"), message=ctx.err(e))
     return ctx.render("admin/user.html", status=status, error=error, notice=notice, **data)
 
 

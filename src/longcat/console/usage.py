@@ -145,7 +145,7 @@ async def _usage_page(ctx: Ctx, admin: bool) -> Response:
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         data = await usage_data(ctx.c, ctx.user, ctx.request.query_params, admin=admin, lang=ctx.lang, with_rows=True)
     except ActionError as e:
-        return ctx.render("error.html", status=e.status, title=ctx.gettext("Something is not right"), message=ctx.err(e))
+        return ctx.render("notice.html", status=e.status, title=ctx.gettext("Something is not right"), message=ctx.err(e))
     data.update(base=base, query=urlencode(data["filter"]), link=lambda n: f"{base}?{_links(data['filter'], n)}", key_label=key_label)
     return ctx.render("_usage_live.html" if live else "usage.html", **data)
 

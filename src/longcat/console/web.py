@@ -229,18 +229,18 @@ def page(auth: str | None = "user") -> Callable[[Handler], Callable[[Request], A
             if auth and ctx.user is None:
                 return ctx.redirect("/login?" + urlencode({"next": request.url.path + (("?" + request.url.query) if request.url.query else "")}))
             if auth == "admin" and not ctx.user.is_admin:  # type: ignore[union-attr]
-                return ctx.render("error.html", status=403, title=ctx.gettext("Not allowed"),
+                return ctx.render("notice.html", status=403, title=ctx.gettext("Not allowed"),
                                   message=ctx.gettext("This page needs an administrator account."))
             try:
                 if request.method == "POST":
                     ctx.form = await read_form(request)
                     given = ctx.form.get("csrf_token") or request.headers.get("x-csrf-token")
                     if not csrf_ok(ctx.c.secret, ctx.user.token if ctx.user else "pre:" + ctx.pre, given):
-                        return ctx.render("error.html", status=403, title=ctx.gettext("The form expired"),
+                        return ctx.render("notice.html", status=403, title=ctx.gettext("The form expired"),
                                           message=ctx.gettext("This form was open too long or came from another site. Go back, reload the page and try again."))
                 return await handler(ctx)
             except ActionError as e:
-                return ctx.render("error.html", status=e.status, title=ctx.gettext("Something is not right"), message=ctx.err(e))
+                return ctx.render("notice.html", status=e.status, title=ctx.gettext("Something is not right"), message=ctx.err(e))
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
