@@ -108,3 +108,17 @@ def test_key_placeholder_never_breaks_a_snippet():
     assert facts.key_placeholder('my "laptop" $(rm -rf)') == "YOUR_KEY:my-laptop-rm--rf"
     assert facts.key_placeholder("笔记本 电脑") == "YOUR_KEY:笔记本-电脑"
     assert re.fullmatch(r"YOUR_KEY:[\w.-]+", facts.key_placeholder("a b;c|d'e`f\\g"))
+
+
+def test_openclaw_fit_follows_the_default_models_window():
+    # The tool profile is one setting for every model: the default model's window decides it,
+    # and the fit table and output limits of the other models follow that choice.
+    small_first = agents.Target("http://x", "k", (("small", 8192, 8192), ("big", 200_000, 8192)))
+    assert [f.prompt for f in small_first.fits("openclaw")] == [agents.OPENCLAW_LEAN_PROMPT] * 2
+    big_first = agents.Target("http://x", "k", (("big", 200_000, 8192), ("small", 8192, 8192)))
+    big, small = big_first.fits("openclaw")
+    assert big.prompt == small.prompt == agents.PROMPT_TOKENS["openclaw"]
+    assert small.room == 8192 - agents.PROMPT_TOKENS["openclaw"]
+    assert "tools" not in agents.openclaw_settings(big_first)
+    limits = {m["id"]: m["maxTokens"] for m in agents.openclaw_settings(big_first)["models"]["providers"]["longcat"]["models"]}
+    assert limits["small"] == small.output

@@ -72,8 +72,11 @@ class Fit:
     output: int
 
 
-def fit(agent: str, model: str, context: int, max_output: int) -> Fit:
-    prompt = OPENCLAW_LEAN_PROMPT if agent == "openclaw" and openclaw_lean(context) else PROMPT_TOKENS[agent]
+def fit(agent: str, model: str, context: int, max_output: int, default_context: int | None = None) -> Fit:
+    """`default_context` is the window of the default model where it is not this one: OpenClaw's
+    tool profile is one setting for all its models, chosen by the default model's window."""
+    lean = openclaw_lean(context if default_context is None else default_context)
+    prompt = OPENCLAW_LEAN_PROMPT if agent == "openclaw" and lean else PROMPT_TOKENS[agent]
     room = context - prompt
     fits = room >= MIN_ANSWER
     output = max(1, min(max_output, room // 2)) if fits else min(max_output, max(1, context // 4))
@@ -94,7 +97,7 @@ class Target:
         return self.models[0][0]
 
     def fits(self, agent: str) -> list[Fit]:
-        return [fit(agent, m, c, o) for m, c, o in self.models]
+        return [fit(agent, m, c, o, self.models[0][1]) for m, c, o in self.models]
 
 
 # ---------------------------------------------------------------------------------- settings
@@ -194,8 +197,8 @@ def openclaw_settings(t: Target) -> dict:
                     "apiKey": t.key,
                     "api": "openai-completions",
                     "models": [
-                        {"id": m, "name": m, "contextWindow": openclaw_window(c), "maxTokens": fit("openclaw", m, c, o).output}
-                        for m, c, o in t.models
+                        {"id": f.model, "name": f.model, "contextWindow": openclaw_window(f.context), "maxTokens": f.output}
+                        for f in t.fits("openclaw")
                     ],
                 }
             },
