@@ -43,6 +43,7 @@ from longcat.canonical import (
     new_tool_call_id,
 )
 from longcat.config import ConfigError, ModelConfig
+from longcat.engines import http1
 from longcat.engines.base import CallContext, Engine
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -50,8 +51,6 @@ DEFAULT_READ_TIMEOUT = 600.0
 DEFAULT_MAX_CONNECTIONS = 64
 # How long a request waits for a free connection when `max_connections` are all busy.
 POOL_WAIT = 30.0
-# Connections per shard of an engine's pool (see `UpstreamEngine.start`).
-SHARD_CONNECTIONS = 8
 _JSON = {"content-type": "application/json"}
 # How long a replica that could not be connected to is passed over.
 REPLICA_COOLDOWN = 5.0
@@ -492,10 +491,7 @@ class UpstreamEngine(Engine):
         super().__init__(model)
         self.options = options
         self._secrets = (options.api_key,) if options.api_key else ()
-        self._client: httpx.AsyncClient | None = None
-        # The connection pool, in shards of at most SHARD_CONNECTIONS (see `_pick`).
-        self._clients: list[tuple[httpx.AsyncClient, int]] = []
-        self._shard = itertools.count()
+        self._pool: http1.Pool | None = None
         self._next = itertools.count()
         self._down_until = [0.0] * len(options.base_urls)
         self._count_warned = False
@@ -542,26 +538,14 @@ class UpstreamEngine(Engine):
 
     async def start(self) -> None:
         opts = self.options
-        # httpcore looks at every connection of a pool (a poll() of each idle socket) each time a
-        # request takes or gives back one: with 64 connections that was a fifth of the event
-        # loop's time at 32 concurrent requests. So the pool is split into shards of a few
-        # connections, `max_connections` in all, and a request goes to the least busy shard.
-        n = max(1, -(-opts.max_connections // SHARD_CONNECTIONS))
-        sizes = [opts.max_connections // n + (1 if i < opts.max_connections % n else 0) for i in range(n)]
-        timeout = httpx.Timeout(connect=opts.connect_timeout, read=opts.read_timeout, write=opts.read_timeout, pool=POOL_WAIT)
-        self._clients = [
-            (
-                httpx.AsyncClient(
-                    headers=self.request_headers(),
-                    verify=tls_context(),
-                    timeout=timeout,
-                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                ),
-                size,
-            )
-            for size in sizes
-        ]
-        self._client = self._clients[0][0]
+        self._pool = http1.Pool(
+            headers=self.request_headers(),
+            ssl_context=tls_context(),
+            connect_timeout=opts.connect_timeout,
+            read_timeout=opts.read_timeout,
+            pool_timeout=POOL_WAIT,
+            max_connections=opts.max_connections,
+        )
         self.log.info(
             "model %s: upstream %s (model %s, %d replica%s)",
             self.model.id,
@@ -572,29 +556,9 @@ class UpstreamEngine(Engine):
         )
 
     async def close(self) -> None:
-        clients, self._clients, self._client = self._clients, [], None
-        for client, _ in clients:
-            await client.aclose()
-
-    def _pick(self) -> httpx.AsyncClient:
-        """The shard of the pool with the most room (round-robin among equals)."""
-        clients = self._clients
-        n = len(clients)
-        if n <= 1:
-            return clients[0][0] if n else self._client  # type: ignore[return-value]
-        first = next(self._shard) % n
-        best, most_room = clients[first][0], -1
-        for k in range(n):
-            client, size = clients[(first + k) % n]
-            try:
-                room = size - len(client._transport._pool._requests)  # type: ignore[attr-defined]
-            except AttributeError:  # another httpx: plain round-robin
-                return clients[first][0]
-            if room >= size:
-                return client  # idle
-            if room > most_room:
-                best, most_room = client, room
-        return best
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     # ------------------------------------------------------------------ replicas
 
@@ -606,49 +570,49 @@ class UpstreamEngine(Engine):
         now = time.monotonic()
         return [i for i in order if self._down_until[i] <= now] + [i for i in order if self._down_until[i] > now]
 
-    async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> http1.Response:
         """Send to the first replica that answers; a streamed response the caller must close.
 
         Only failures that prove the request was not taken move on to the next replica."""
-        if self._client is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("the engine was not started")
+        data = jsonutil.dumps(body)
         tried = 0
         # Only failures that prove the request was not taken (no connection, or the body never
         # got through) move on: after that, the replica may already be generating, and sending
         # the request again would run it twice.
         for i in self._replica_order():
             base = self.options.base_urls[i]
-            client = self._pick()
-            request = client.build_request(method, self.url(base, path, root), content=jsonutil.dumps(body), headers=_JSON)
             try:
-                response = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError) as exc:
+                response = await pool.send(method, self.url(base, path, root), data, _JSON)
+            except http1.ConnectFailed as exc:
                 tried += 1
                 self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
-                self.log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), type(exc).__name__,
+                self.log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), exc,
                                  "; trying the next replica" if tried < len(self.options.base_urls) else "")
                 continue
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            except http1.Dropped as exc:
                 self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
-                self.log.warning("model %s: upstream %s dropped the request (%s)", self.model.id, safe_url(base), type(exc).__name__)
+                self.log.warning("model %s: upstream %s dropped the request (%s)", self.model.id, safe_url(base), exc)
                 raise ApiError(
                     "upstream", "upstream_error", f"The model server behind {self.model.id!r} dropped the request; please retry."
                 ) from None
-            except httpx.PoolTimeout:
+            except http1.PoolTimeout:
                 raise ApiError(
                     "overloaded",
                     "overloaded",
                     f"All {self.options.max_connections} connections to the model server behind {self.model.id!r} are busy; retry shortly.",
                     headers={"Retry-After": "2"},
                 ) from None
-            except httpx.TimeoutException:
+            except http1.ReadTimeout:
                 self.log.warning("model %s: upstream %s did not answer within %.1f s", self.model.id, safe_url(base),
                                  self.options.read_timeout)
                 raise ApiError(
                     "upstream", "upstream_error", f"The model server behind {self.model.id!r} did not answer in time; please retry."
                 ) from None
-            except httpx.HTTPError as exc:
-                self.log.warning("model %s: request to %s failed: %s", self.model.id, safe_url(base), type(exc).__name__)
+            except http1.HttpError as exc:
+                self.log.warning("model %s: request to %s failed: %s", self.model.id, safe_url(base), exc)
                 raise ApiError("upstream", "upstream_error", f"The model server behind {self.model.id!r} could not be reached.") from None
             self._down_until[i] = 0.0
             return response
@@ -659,7 +623,7 @@ class UpstreamEngine(Engine):
             + (f" (tried {tried} replicas)." if tried > 1 else "."),
         )
 
-    async def _check(self, response: httpx.Response) -> None:
+    async def _check(self, response: http1.Response) -> None:
         """Raise the mapped `ApiError` (and close the response) unless it is a 200."""
         if response.status_code == 200:
             return
@@ -669,7 +633,7 @@ class UpstreamEngine(Engine):
                 body += piece
                 if len(body) >= MAX_ERROR_BODY:
                     break
-        except httpx.HTTPError:
+        except http1.HttpError:
             pass
         finally:
             await response.aclose()
@@ -706,7 +670,7 @@ class UpstreamEngine(Engine):
                 count = await self.count_exact(request)
                 self._count_warned = False
                 return count, True
-            except (ApiError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            except (ApiError, http1.HttpError, ValueError, KeyError, TypeError) as exc:
                 if isinstance(exc, ApiError) and exc.code == "context_length_exceeded":
                     raise  # the upstream counted, and the prompt does not fit: that is the answer
                 if not self._count_warned:
@@ -758,12 +722,12 @@ class UpstreamEngine(Engine):
                     if reader.done:
                         await _drain(pieces)
                         break
-            except httpx.TimeoutException:
+            except http1.ReadTimeout:
                 raise ApiError(
                     "upstream", "upstream_error", f"The model server behind {self.model.id!r} stopped answering (read timeout)."
                 ) from None
-            except httpx.HTTPError as exc:
-                self.log.warning("model %s: upstream stream broke: %s", self.model.id, type(exc).__name__)
+            except http1.HttpError as exc:
+                self.log.warning("model %s: upstream stream broke: %s", self.model.id, exc)
                 raise ApiError(
                     "upstream", "upstream_error", f"The connection to the model server behind {self.model.id!r} broke mid-reply."
                 ) from None
@@ -816,5 +780,5 @@ async def _drain(pieces: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(DRAIN_WAIT):
             async for _ in pieces:
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, http1.HttpError):
         pass
