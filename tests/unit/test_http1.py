@@ -326,3 +326,55 @@ async def test_concurrent_requests_share_the_pool(server):
     assert got == [f"/echo?i={i}" for i in range(40)]
     assert server.accepted <= 4 and pool.total <= 4 and pool.in_use == 0
     await pool.aclose()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_https_verifies_the_server_and_keeps_the_connection(tmp_path):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+
+    async def main() -> None:
+        s = Server()
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_tls.load_cert_chain(cert, key)
+        s.server = await asyncio.start_server(s.handle, "127.0.0.1", 0, ssl=server_tls)
+        port = s.server.sockets[0].getsockname()[1]
+        try:
+            # Trusted: answers, and the second request reuses the TLS connection.
+            trusting = http1.Pool(ssl_context=ssl.create_default_context(cafile=cert))
+            for _ in range(2):
+                r = await trusting.send("POST", f"https://localhost:{port}/echo", b"{}")
+                assert json.loads(await r.aread())["headers"]["host"] == f"localhost:{port}"
+            assert s.accepted == 1
+            await trusting.aclose()
+            # Not trusted: refused before anything is sent.
+            with pytest.raises(http1.ConnectFailed, match="TLS"):
+                await http1.Pool(ssl_context=ssl.create_default_context()).send("POST", f"https://localhost:{port}/echo", b"{}")
+        finally:
+            await s.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
