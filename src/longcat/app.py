@@ -33,6 +33,7 @@ from longcat.protocols.openai_errors import openai_error_body
 from longcat.store.accounts import AccountStore
 from longcat.store.db import create_engine, create_schema
 from longcat.store.keycache import follow_changes, publish_change
+from longcat.store.responses import ResponseStore
 from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.app")
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> Starlette:
     catalog = Catalog(settings)
     counters = RedisCounters(settings.redis_url, settings.redis_prefix) if settings.redis_url else MemoryCounters()
     clock = make_clock(settings)
+    stored = ResponseStore(db, ttl_days=settings.responses_ttl_days, now=clock.now)
     secret = settings.resolved_secret_key()
     gateway = Gateway(settings, accounts, catalog, usage, counters, clock, secret=secret)
     redis = getattr(counters, "redis", None)
@@ -97,12 +99,14 @@ def create_app(settings: Settings) -> Starlette:
         await catalog.start()
         await gateway.start()
         follower = asyncio.create_task(follow_changes(redis, settings.redis_prefix, accounts.keys)) if redis is not None else None
+        sweeper = asyncio.create_task(stored.sweep_forever(), name="responses-retention") if stored.ttl > 0 else None
         log.info("serving %d model(s): %s", len(catalog.models), ", ".join(catalog.models))
         try:
             yield
         finally:
-            if follower is not None:
-                follower.cancel()
+            for task in (follower, sweeper):
+                if task is not None:
+                    task.cancel()
             await gateway.close()
             await catalog.close()
             await db.dispose()
@@ -129,6 +133,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.catalog = catalog
     app.state.gateway = gateway
     app.state.usage = usage
+    app.state.responses = stored
     app.state.bodies = BodyReader(idle_timeout=settings.body_timeout)
     app.state.feedback = FeedbackDesk(settings, gateway.quota)
     app.state.console = Console.build(settings, gateway, app.state.feedback, app.state.secret_key)

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--workers", type=int, help="processes serving the port (default 1; more need redis_url)")
 
     users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="action", required=True)
     create = users.add_parser("create", help="create an account")
@@ -335,12 +336,17 @@ def cmd_connect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from longcat.app import create_app
     from longcat.serving import build_server
+    from longcat.supervisor import check_workers, serve_workers
 
-    settings = _settings(args, host=args.host, port=args.port)
-    configure_logging(settings.log_level)
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    check_workers(settings)
+    configure_logging(settings.log_level, process_ids=settings.workers > 1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Migrations and the first-start account happen here, once, before any worker exists.
     first = _with_store(settings, bootstrap)
     print_banner(settings, first)
+    if settings.workers > 1:
+        return serve_workers(settings)
     app = create_app(settings)
     build_server(app, settings, on_exit=lambda: app.state.gateway.request_shutdown(settings.shutdown_grace)).run()
     return 0
@@ -366,6 +372,7 @@ def print_banner(settings: Settings, first: tuple[str, str] | None) -> None:
         "LongCat API platform",
         f"  data dir : {settings.data_dir.resolve()}",
         f"  database : {settings.resolved_database_url.split('://')[0].split('+')[0]}",
+        *([f"  workers  : {settings.workers} processes"] if settings.workers > 1 else []),
         "  models   : " + ", ".join(f"{m.id} ({m.engine}, context {m.context_window:,})" for m in settings.models),
         f"  OpenAI   : {base}/openai/v1",
         f"  Anthropic: {base}/anthropic",
@@ -387,10 +394,11 @@ def print_banner(settings: Settings, first: tuple[str, str] | None) -> None:
     print("\n".join(lines), flush=True)
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, process_ids: bool = False) -> None:
+    """`process_ids`: each line names its process (`longcat serve --workers N`)."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)-7s %(name)s" + ("[%(process)d]" if process_ids else "") + ": %(message)s",
         stream=sys.stderr,
     )
     # httpx logs every request's full URL at INFO: a line per upstream call, and an upstream URL

@@ -89,6 +89,10 @@ class Settings:
     max_connections: int = 0
     # Seconds a server waits for in-flight requests when asked to stop.
     shutdown_grace: float = 10.0
+    # Processes serving the one port (`longcat serve --workers N`); more than 1 needs redis_url.
+    workers: int = 1
+    # Days a stored Responses API object (`store: true`) is kept; 0 keeps them forever.
+    responses_ttl_days: float = 30.0
     # Seconds of engine silence (queue, long prefill) after which a stream sends a keep-alive ping.
     stream_ping_interval: float = 10.0
     # Daily token quota per account (input + output), refreshed at 00:00 Beijing time.
@@ -250,6 +254,10 @@ def load_settings(config_file: str | Path | None = None, env: dict[str, str] | N
             raise ConfigError(f"unknown setting {name!r}")
         setattr(settings, name, _coerce(name, value, getattr(settings, name)))
 
+    if settings.workers < 1:
+        raise ConfigError(f"setting 'workers': {settings.workers} is not a number of processes (1 or more)")
+    if settings.responses_ttl_days < 0:
+        raise ConfigError("setting 'responses_ttl_days': must be 0 (keep forever) or a number of days")
     if settings.registration not in ("open", "invite", "closed"):
         raise ConfigError(f"setting 'registration': {settings.registration!r} is not one of open, invite, closed")
     ids = [m.id for m in settings.models]

@@ -184,8 +184,14 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
     return GuardedProtocol
 
 
-def build_server(app: Any, settings: Any, on_exit) -> Any:
-    """The uvicorn server for `app`, guarded, exiting with status 0 on SIGINT / SIGTERM."""
+def build_server(app: Any, settings: Any, on_exit, *, on_started=None, ignore_sigint: bool = False) -> Any:
+    """The uvicorn server for `app`, guarded, exiting with status 0 on SIGINT / SIGTERM.
+
+    For a worker of `longcat serve --workers N` (supervisor.py): `on_started` is called once it
+    accepts connections, and SIGINT is left to the parent (`ignore_sigint`). The connection guard
+    is per process: `max_connections` bounds each worker's own connections."""
+    import signal
+
     import uvicorn
 
     keep_big_blocks_returnable()
@@ -211,9 +217,16 @@ def build_server(app: Any, settings: Any, on_exit) -> Any:
         of the signal; a clean stop should exit with status 0."""
 
         def handle_exit(self, sig, frame) -> None:
+            if ignore_sigint and sig == signal.SIGINT:
+                return
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
             on_exit()
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and on_started is not None:
+                on_started()
 
     server = Server(config)
     server.guard = guard  # type: ignore[attr-defined]

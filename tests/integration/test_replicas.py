@@ -1,22 +1,37 @@
 """Scale-out: two gateway processes on one PostgreSQL and one Redis share keys, rate limits,
-concurrency limits and quotas exactly, as if they were one."""
+concurrency limits and quotas exactly, as if they were one; account changes and the upstream's
+thinking signatures reach both."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
 import uuid
 
+import anthropic
 import httpx
 import pytest
 import redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from tests.support.server import Server, free_port, write_config
+from tests.support.upstreams import serve_app
 
 CONFIG = """
 daily_quota = 100000
+
+[[models]]
+id = "ac-thinking"
+engine = "anthropic_compat"
+base_url = "{thinking_upstream}"
+context_window = 100000
+max_output = 8000
 
 [[models]]
 id = "mock-echo"
@@ -37,8 +52,49 @@ def psql(sql: str) -> None:
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c", sql], check=True, capture_output=True)
 
 
+class ThinkingUpstream:
+    """An Anthropic-compatible upstream (outside the project) that signs its thinking and
+    records what it is sent back."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.bodies: list[dict] = []
+        self.app = Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
+
+    async def messages(self, request: Request) -> StreamingResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        return StreamingResponse(self.frames(turn), media_type="text/event-stream")
+
+    @staticmethod
+    async def frames(turn: int):
+        def sse(data: dict) -> bytes:
+            return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
+
+        usage = {"input_tokens": 7, "output_tokens": 1}
+        yield sse({"type": "message_start", "message": {"id": f"msg_{turn}", "type": "message", "role": "assistant",
+                                                         "model": "up", "content": [], "stop_reason": None, "usage": usage}})
+        yield sse({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+        yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": f"Plan {turn}."}})
+        yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": f"UPSTREAM-SIG-{turn}"}})
+        yield sse({"type": "content_block_stop", "index": 0})
+        yield sse({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}})
+        yield sse({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": f"Answer {turn}."}})
+        yield sse({"type": "content_block_stop", "index": 1})
+        yield sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 6}})
+        yield sse({"type": "message_stop"})
+
+
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory):
+def thinking_upstream():
+    upstream = ThinkingUpstream()
+    with serve_app(upstream.app, upstream.port):
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, thinking_upstream):
     name = f"lc_test_{uuid.uuid4().hex[:12]}"
     psql(f"CREATE DATABASE {name}")
     env = {
@@ -51,7 +107,7 @@ def replicas(tmp_path_factory):
     try:
         for i in range(2):
             data = tmp_path_factory.mktemp(f"replica{i}")
-            config = write_config(data / "config.toml", CONFIG)
+            config = write_config(data / "config.toml", CONFIG.format(thinking_upstream=f"http://127.0.0.1:{thinking_upstream.port}"))
             servers.append(Server(data, config, free_port(), env=dict(env)).start())
         yield servers
     finally:
@@ -208,6 +264,60 @@ def test_the_daily_feedback_limit_holds_exactly_on_two_replicas(replicas):
         assert min(r["valid_remaining_today"] for r in results) == 0
 
 
+def test_account_changes_reach_the_other_replica_within_a_second(replicas):
+    """Quota, limits and disabling, changed through one replica's admin API, are in force on the
+    other within a second, although it had just trusted the key (store/keycache.py)."""
+    a, b = replicas
+    admin_email = f"admin{uuid.uuid4().hex[:8]}@example.com"
+    a.cli("users", "create", admin_email, "--admin")
+    admin = {"Authorization": f"Bearer {a.new_key(admin_email)}"}
+    email, key = new_account(a)
+    [user] = httpx.get(a.base_url + "/api/v1/admin/users", params={"q": email}, headers=admin).json()["data"]
+
+    def change(body: dict) -> None:
+        r = httpx.patch(a.base_url + f"/api/v1/admin/users/{user['id']}", json=body, headers=admin)
+        assert r.status_code == 200, r.text
+
+    def on_b_within_a_second(status: int) -> None:
+        done = time.monotonic()
+        code = None
+        while time.monotonic() - done < 1.0 and code != status:
+            code = chat(b, key).status_code
+        assert code == status and time.monotonic() - done < 1.0, code
+
+    for change_made, status, undo in (
+        ({"daily_quota": 10}, 403, {"daily_quota": None}),  # too little for any prompt
+        ({"rpm": 1}, 429, {"rpm": None}),  # this minute's request is spent already
+        ({"disabled": True}, 401, {"disabled": False}),
+    ):
+        assert chat(b, key).status_code == 200  # b trusts the key and its account now
+        change(change_made)
+        on_b_within_a_second(status)
+        change(undo)
+        on_b_within_a_second(200)
+
+
+def test_thinking_signatures_are_shared_by_the_replicas(replicas, thinking_upstream):
+    """A thinking turn answered by one replica and continued on the other goes back upstream
+    with the upstream's own signature (kept in Redis), not dropped."""
+    a, b = replicas
+    _, key = new_account(a)
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    messages = [{"role": "user", "content": "Plan something."}]
+    first = anthropic.Anthropic(api_key=key, base_url=a.base_url + "/anthropic", max_retries=0).messages.create(
+        model="ac-thinking", max_tokens=2000, thinking=thinking, messages=messages)
+    assert [block.type for block in first.content] == ["thinking", "text"]
+    assert first.content[0].signature.startswith("lc2.")  # the platform's own, never the upstream's
+    messages += [{"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+                 {"role": "user", "content": "And then?"}]
+    second = anthropic.Anthropic(api_key=key, base_url=b.base_url + "/anthropic", max_retries=0).messages.create(
+        model="ac-thinking", max_tokens=2000, thinking=thinking, messages=messages)
+    assert second.content[-1].text == "Answer 1."
+    replayed = thinking_upstream.bodies[-1]["messages"][1]["content"]
+    assert replayed == [{"type": "thinking", "thinking": "Plan 0.", "signature": "UPSTREAM-SIG-0"},
+                        {"type": "text", "text": "Answer 0."}]
+
+
 def test_a_long_request_keeps_its_leases(tmp_path):
     """Leases only expire for a dead replica: a live request renews them, however long it runs."""
     env = {
@@ -215,7 +325,8 @@ def test_a_long_request_keeps_its_leases(tmp_path):
         "LONGCAT_REDIS_PREFIX": f"test:lease{uuid.uuid4().hex[:8]}:",
         "LONGCAT_LEASE_SECONDS": "2",
     }
-    server = Server(tmp_path, write_config(tmp_path / "config.toml", CONFIG), free_port(), env=env).start()
+    config = CONFIG.format(thinking_upstream=f"http://127.0.0.1:{free_port()}")  # not asked here
+    server = Server(tmp_path, write_config(tmp_path / "config.toml", config), free_port(), env=env).start()
     try:
         _, key = new_account(server, concurrency=1)
         done = []

@@ -44,7 +44,7 @@ def _gateway(request: Request) -> Gateway:
 
 
 def _store(request: Request) -> ResponseStore:
-    return ResponseStore(request.app.state.db)
+    return request.app.state.responses
 
 
 def _error(err: ApiError) -> Response:

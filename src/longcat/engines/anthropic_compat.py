@@ -52,6 +52,8 @@ Options (keys of the `[[models]]` table):
   `temperature`, `top_k` and a `top_p` below 0.95 are not sent.
 - `thinking_budget`: the default budget above (at least 1024).
 - `thinking_cache_mb`: memory for the upstream's thinking signatures (default 64; 0 keeps none).
+- `thinking_cache_hours`: with `redis_url`, how long an entry stays in Redis after it was last
+  written or recalled (default 24).
 - `prompt_caching` (default false): mark cache breakpoints (`cache_control: {"type":
   "ephemeral"}`) on the last tool, the last system block and the last block of the conversation,
   so the upstream caches the prompt prefix (what a client marked is not carried by the platform's
@@ -66,14 +68,16 @@ cannot hand the upstream's signature to its clients: it signs thinking with its 
 it can tell replayed thinking is unaltered whatever engine wrote it, and every format carries only
 that. So this engine remembers the upstream's signatures itself, in memory, keyed by a SHA-256 of
 the thinking text the client was shown (bounded by `thinking_cache_mb`, least recently used
-evicted). A replayed thinking block whose text is known goes back upstream as the upstream wrote
+evicted), and, when the deployment has `redis_url`, in Redis too, for every replica and worker
+(each entry expiring `thinking_cache_hours` after its last use; `SharedSignatures`). A replayed thinking block whose text is known goes back upstream as the upstream wrote
 it: the same blocks, signatures and `redacted_thinking` included (a client that got one merged
 block, e.g. a non-streamed reply or an OpenAI client's `reasoning_content`, is matched too).
-Thinking it does not know (evicted, another server process, a restart, another engine's) is
+Thinking it does not know (evicted, expired, a replica without Redis, another engine's) is
 dropped, never sent with a signature that is not the upstream's; and if that leaves the
 assistant turn a tool loop continues without its thinking, the request goes up with thinking
-off, which Anthropic accepts, rather than failing. Replicas of the platform do not share this
-memory: behind a load balancer without session affinity, replays fall back to dropping.
+off, which Anthropic accepts, rather than failing. Without Redis, replicas of the platform do
+not share this memory: behind a load balancer without session affinity, replays then fall back
+to dropping.
 
 Other translation details. System blocks go as `system` text blocks; `system` messages in the
 middle of a conversation become user text; consecutive turns of one role are merged, empty text
@@ -90,12 +94,13 @@ canonical events, upstream errors -> `ApiError`), then the engine; the I/O it sh
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +124,7 @@ from longcat.canonical import (
     ToolUseBlock,
 )
 from longcat.config import ConfigError, ModelConfig
-from longcat.engines.base import StopMatcher
+from longcat.engines.base import CallContext, StopMatcher
 from longcat.engines.upstream import (
     COMMON_OPTION_KEYS,
     MAX_ERROR_MESSAGE,
@@ -141,12 +146,15 @@ from longcat.engines.upstream import (
 
 log = logging.getLogger("longcat.engine.anthropic_compat")
 
-OPTION_KEYS = COMMON_OPTION_KEYS | {"anthropic_beta", "thinking_type", "thinking_budget", "thinking_cache_mb", "prompt_caching"}
+OPTION_KEYS = COMMON_OPTION_KEYS | {
+    "anthropic_beta", "thinking_type", "thinking_budget", "thinking_cache_mb", "thinking_cache_hours", "prompt_caching",
+}
 TOKENIZE_MODES = ("anthropic", "none")
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic's smallest thinking budget.
 MIN_THINKING_BUDGET = 1024
 DEFAULT_THINKING_CACHE_MB = 64
+DEFAULT_THINKING_CACHE_HOURS = 24.0
 # Below this, Anthropic refuses `top_p` with thinking on.
 THINKING_MIN_TOP_P = 0.95
 
@@ -162,6 +170,7 @@ class Options(UpstreamOptions):
     thinking_type: str = "enabled"
     thinking_budget: int | None = None
     thinking_cache_mb: float = DEFAULT_THINKING_CACHE_MB
+    thinking_cache_hours: float = DEFAULT_THINKING_CACHE_HOURS
     prompt_caching: bool = False
 
 
@@ -187,12 +196,15 @@ def parse_options(model: ModelConfig, env: dict[str, str] | None = None) -> Opti
     cache_mb = opts.get("thinking_cache_mb", DEFAULT_THINKING_CACHE_MB)
     if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or cache_mb < 0:
         raise ConfigError(f"{where}: 'thinking_cache_mb' must be a number of MiB, 0 or more")
+    hours = opts.get("thinking_cache_hours", DEFAULT_THINKING_CACHE_HOURS)
+    if not isinstance(hours, (int, float)) or isinstance(hours, bool) or hours <= 0:
+        raise ConfigError(f"{where}: 'thinking_cache_hours' must be a positive number of hours")
     caching = opts.get("prompt_caching", False)
     if not isinstance(caching, bool):
         raise ConfigError(f"{where}: 'prompt_caching' must be true or false")
 
     return Options(**common, anthropic_beta=beta, thinking_type=thinking_type, thinking_budget=budget,
-                   thinking_cache_mb=float(cache_mb), prompt_caching=caching)
+                   thinking_cache_mb=float(cache_mb), thinking_cache_hours=float(hours), prompt_caching=caching)
 
 
 # ============================================================================ thinking signatures
@@ -223,28 +235,36 @@ class ThinkingSignatures:
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
     def keep(self, blocks: list[dict[str, Any]]) -> None:
+        entry = self._entry(blocks)
+        if entry is not None:
+            self._put(*entry)
+
+    def _entry(self, blocks: list[dict[str, Any]]) -> tuple[bytes, tuple[tuple[str, int, str], ...], int] | None:
+        """(key, pieces, size) of a run of upstream blocks, or None when it is not worth keeping."""
         pieces: list[tuple[str, int, str]] = []
         texts: list[str] = []
         for block in blocks:
             if block.get("type") == "thinking":
                 signature = block.get("signature")
                 if not isinstance(signature, str) or not signature:
-                    return  # unsigned thinking cannot be replayed upstream: nothing worth keeping
+                    return None  # unsigned thinking cannot be replayed upstream: nothing worth keeping
                 pieces.append(("thinking", len(block["thinking"]), signature))
                 texts.append(block["thinking"])
             elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
                 pieces.append(("redacted", 0, block["data"]))
         text = "".join(texts)
         if not text or self.max_bytes <= 0:
-            return  # a client can only replay thinking it was shown
+            return None  # a client can only replay thinking it was shown
         size = self.ENTRY_OVERHEAD + sum(len(p[2]) for p in pieces)
         if size > self.max_bytes:
-            return
-        key = self._key(text)
+            return None
+        return self._key(text), tuple(pieces), size
+
+    def _put(self, key: bytes, pieces: tuple[tuple[str, int, str], ...], size: int) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
             self.bytes -= old[1]
-        self._entries[key] = (tuple(pieces), size)
+        self._entries[key] = (pieces, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, (_, dropped) = self._entries.popitem(last=False)
@@ -267,6 +287,121 @@ class ThinkingSignatures:
             else:
                 out.append({"type": "redacted_thinking", "data": value})
         return out
+
+    async def fetch(self, texts: list[str]) -> None:
+        """Make the signatures of `texts` available to `recall` (nothing to do in memory)."""
+
+    async def flush(self) -> None:
+        """Wait until what `keep` was given can be recalled by every process (nothing in memory)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SharedSignatures(ThinkingSignatures):
+    """With Redis: the signatures are kept for every process of the deployment, so a conversation
+    continued on another replica or worker replays its thinking too.
+
+    Each entry is one Redis string, `<prefix>ts:<digest of the model id and the text>`, that
+    expires `ttl` seconds after it was last written or recalled (that, and the per-entry bound
+    of `max_bytes`, is what bounds Redis' memory). The in-process LRU stays in front: `recall`
+    stays synchronous, and `fetch` fills it from Redis first for the texts a request replays.
+    Redis unreachable: the process carries on with what it holds itself (dropping the rest, as
+    for thinking it does not know)."""
+
+    FLUSH_TIMEOUT = 2.0
+
+    def __init__(self, max_bytes: int, *, url: str, prefix: str, namespace: str, ttl: float) -> None:
+        super().__init__(max_bytes)
+        self.url = url
+        self.ttl = max(1, int(ttl))
+        self._prefix = prefix + "ts:"
+        self._namespace = hashlib.sha256(namespace.encode()).digest()[:8]
+        self._redis: Any = None
+        self._pending: set[asyncio.Task] = set()
+        self._warned = False
+
+    def _redis_key(self, key: bytes) -> str:
+        return self._prefix + hashlib.sha256(self._namespace + key).hexdigest()
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(self.url)
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def _trouble(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("thinking signatures: %s on Redis failed (%s); using this process's own until it works",
+                        what, type(exc).__name__)
+
+    def keep(self, blocks: list[dict[str, Any]]) -> None:
+        entry = self._entry(blocks)
+        if entry is None:
+            return
+        self._put(*entry)
+        if self._redis is None:
+            return
+        key, pieces, _ = entry
+        value = json.dumps([list(p) for p in pieces], separators=(",", ":"))
+        task = asyncio.get_running_loop().create_task(self._write(self._redis_key(key), value))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, key: str, value: str) -> None:
+        try:
+            await self._redis.set(key, value, ex=self.ttl)
+            self._warned = False
+        except Exception as exc:  # noqa: BLE001 - Redis down: this process still has it
+            self._trouble("storing", exc)
+
+    async def flush(self) -> None:
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=self.FLUSH_TIMEOUT)
+
+    async def fetch(self, texts: list[str]) -> None:
+        wanted = {}
+        for text in texts:
+            key = self._key(text)
+            if text and key not in self._entries:
+                wanted[key] = self._redis_key(key)
+        if not wanted or self._redis is None:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for redis_key in wanted.values():
+                    pipe.getex(redis_key, ex=self.ttl)  # recalled: kept for another `ttl`
+                found = await pipe.execute()
+            self._warned = False
+        except Exception as exc:  # noqa: BLE001
+            self._trouble("reading", exc)
+            return
+        for key, raw in zip(wanted, found, strict=True):
+            if raw is None:
+                continue
+            try:
+                pieces = tuple((str(kind), int(length), str(value)) for kind, length, value in json.loads(raw))
+            except (ValueError, TypeError):
+                continue
+            self._put(key, pieces, self.ENTRY_OVERHEAD + sum(len(p[2]) for p in pieces))
+
+
+def replayed_thinking(request: ChatRequest) -> list[str]:
+    """The texts of the thinking a request's assistant turns replay (what `recall` is asked for)."""
+    return [
+        block.text
+        for message in request.messages
+        if message.role == "assistant"
+        for block in message.content
+        if isinstance(block, ThinkingBlock) and not block.redacted and block.text
+    ]
 
 
 # ============================================================================ request -> Messages body
@@ -901,10 +1036,34 @@ class AnthropicCompatEngine(UpstreamEngine):
     kind = "anthropic_compat"
     log = log
 
-    def __init__(self, model: ModelConfig, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: ModelConfig, *, env: dict[str, str] | None = None, redis_url: str = "",
+                 redis_prefix: str = "lc:") -> None:
         self.options: Options = parse_options(model, env)
         super().__init__(model, self.options)
-        self.signatures = ThinkingSignatures(int(self.options.thinking_cache_mb * 1024 * 1024))
+        max_bytes = int(self.options.thinking_cache_mb * 1024 * 1024)
+        self.signatures: ThinkingSignatures
+        if redis_url and max_bytes > 0:
+            self.signatures = SharedSignatures(max_bytes, url=redis_url, prefix=redis_prefix, namespace=model.id,
+                                               ttl=self.options.thinking_cache_hours * 3600)
+        else:
+            self.signatures = ThinkingSignatures(max_bytes)
+
+    async def start(self) -> None:
+        await self.signatures.start()
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.signatures.close()
+
+    async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[Event]:
+        await self.signatures.fetch(replayed_thinking(request))
+        async for event in super().stream(request, ctx):
+            if isinstance(event, Finish):
+                # The reply's signatures reach Redis before the client sees its end, so a turn
+                # continued at once on another process finds them.
+                await self.signatures.flush()
+            yield event
 
     def describe(self) -> dict[str, Any]:
         opts = self.options
@@ -925,8 +1084,11 @@ class AnthropicCompatEngine(UpstreamEngine):
             "tokenizer": tokenizer,
             "thinking": thinking,
             "thinking_signatures": (
-                f"the upstream's kept in this process (up to {opts.thinking_cache_mb:g} MiB) for replayed thinking"
-                if opts.thinking_cache_mb > 0 else "not kept: replayed thinking is not sent upstream"
+                "not kept: replayed thinking is not sent upstream" if opts.thinking_cache_mb <= 0
+                else f"the upstream's, kept in Redis for every process ({opts.thinking_cache_hours:g} h after last use) "
+                f"and in this process (up to {opts.thinking_cache_mb:g} MiB), for replayed thinking"
+                if isinstance(self.signatures, SharedSignatures)
+                else f"the upstream's kept in this process (up to {opts.thinking_cache_mb:g} MiB) for replayed thinking"
             ),
             "anthropic_beta": opts.anthropic_beta,
             "prompt_caching": opts.prompt_caching,
@@ -961,6 +1123,7 @@ class AnthropicCompatEngine(UpstreamEngine):
             body["metadata"] = {**(body.get("metadata") or {}), "user_id": tag}
 
     async def count_exact(self, request: ChatRequest) -> int:
+        await self.signatures.fetch(replayed_thinking(request))
         body = count_body(request, self.options, max_tokens=request.max_tokens or self.model.max_output,
                           signatures=self.signatures)
         result = await self._post_json("/v1/messages/count_tokens", body)

@@ -30,7 +30,7 @@ def build_engine(model: ModelConfig, settings: Settings) -> Engine:
     if model.engine == "anthropic_compat":
         from longcat.engines.anthropic_compat import AnthropicCompatEngine
 
-        return AnthropicCompatEngine(model)
+        return AnthropicCompatEngine(model, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
     raise ConfigError(
         f"model {model.id!r}: unknown engine {model.engine!r} (known: embedded, mock, openai_compat, anthropic_compat)"
     )

@@ -89,6 +89,12 @@ def _usage_log(conn: Connection) -> None:
         )
 
 
+def _responses_retention(conn: Connection) -> None:
+    """Stored responses by age, for `responses_ttl_days`' background deletion."""
+    if "ix_responses_created" not in {i["name"] for i in inspect(conn).get_indexes("responses")}:
+        conn.exec_driver_sql("CREATE INDEX ix_responses_created ON responses (created_at)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, keys, usage, quotas, ledger, feedback, stored responses", _initial),
     (2, "feedback: unique claim on each valid text", _feedback_counted_hash),
@@ -97,6 +103,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 
     (4, "console: sessions, email tokens, invites, audit log, email_verified", _console),
     (5, "usage log: covering index and rollup for the console", _usage_log),
+    (6, "stored responses: index by age for retention", _responses_retention),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -175,6 +175,7 @@ responses = Table(
     Column("items", Text, nullable=False),
 )
 Index("ix_responses_account", responses.c.account_id)
+Index("ix_responses_created", responses.c.created_at)  # retention deletes the oldest first
 
 # ------------------------------------------------------------------------------------ console
 
