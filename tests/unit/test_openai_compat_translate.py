@@ -47,6 +47,7 @@ from longcat.engines.openai_compat import (
     upstream_error,
 )
 from longcat.engines.upstream import estimate_output_tokens
+from tests.support.tiny_http import Reply, tiny_server
 
 TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 OPTS = Options(base_urls=["http://up/v1"], upstream_model="org/model-7b")
@@ -681,8 +682,6 @@ def test_any_chunking_of_a_tool_call_stream_gives_the_same_result(case):
 def test_an_upstream_that_reports_no_usage_is_billed_its_pieces_never_beyond_max_tokens():
     """llama-cpp-python's server ignores `stream_options` and streams no usage: the output is
     counted from the pieces (one token each), and never beyond the `max_tokens` sent."""
-    import httpx
-
     from longcat.canonical import Usage
 
     def frames(words: list[str], finish: str) -> bytes:
@@ -691,24 +690,22 @@ def test_an_upstream_that_reports_no_usage_is_billed_its_pieces_never_beyond_max
 
     sent = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+    def handler(path: str, body: dict) -> Reply:
         sent.append(body)
         words = [" photosynthesis", " converts", " light", "."] * 3
         if body["model"] == "batching":  # several tokens a piece: estimated at ~4 characters a token
-            return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                  content=frames([" ".join(words)] * 2, "length"))
-        return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                              content=frames(words[: body["max_tokens"]], "length" if body["max_tokens"] < 12 else "stop"))
+            return Reply.sse(frames([" ".join(words)] * 2, "length"))
+        return Reply.sse(frames(words[: body["max_tokens"]], "length" if body["max_tokens"] < 12 else "stop"))
 
     async def go(max_tokens: int, upstream_model: str = "llama") -> tuple[CallContext, list]:
-        engine = OpenAICompatEngine(model(base_url="http://llama-cpp-python/v1", upstream_model=upstream_model))
-        engine._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        ctx = CallContext("r")
-        request = req(user(TextBlock("Explain photosynthesis.")), max_tokens=max_tokens)
-        await engine.measure(request, ctx)
-        events = [e async for e in engine.stream(request, ctx)]
-        await engine._client.aclose()
+        async with tiny_server(handler) as root:
+            engine = OpenAICompatEngine(model(base_url=root + "/v1", upstream_model=upstream_model))
+            await engine.start()
+            ctx = CallContext("r")
+            request = req(user(TextBlock("Explain photosynthesis.")), max_tokens=max_tokens)
+            await engine.measure(request, ctx)
+            events = [e async for e in engine.stream(request, ctx)]
+            await engine.close()
         return ctx, events
 
     ctx, events = asyncio.run(go(12))
@@ -725,21 +722,18 @@ def test_an_upstream_that_reports_no_usage_is_billed_its_pieces_never_beyond_max
 def test_tokenize_llama_cpp_python_counts_with_a_one_token_completion():
     """llama-cpp-python's server cannot count a chat (its /extras/tokenize counts raw text, without
     the chat template): the count is `usage.prompt_tokens` of the same request, cut to one token."""
-    import httpx
-
     asked = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        asked.append((request.url.path, body))
+    def handler(path: str, body: dict) -> Reply:
+        asked.append((path, body))
         if "HUGE" in json.dumps(body["messages"]):  # what the server says when the prompt is over n_ctx
-            return httpx.Response(400, json={"error": {
+            return Reply.json(status=400, value={"error": {
                 "message": "This model's maximum context length is 8192 tokens, however you requested 9001 tokens "
                            "(9000 in the messages, 1 in the completion). Please reduce the length of the messages or completion.",
                 "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
         if "BROKEN" in json.dumps(body["messages"]):
-            return httpx.Response(500, json={"error": {"message": "", "type": "internal_server_error"}})
-        return httpx.Response(200, json={"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "length",
+            return Reply.json({"error": {"message": "", "type": "internal_server_error"}}, 500)
+        return Reply.json({"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "length",
                               "message": {"role": "assistant", "content": "A"}}],
                               "usage": {"prompt_tokens": 23, "completion_tokens": 1, "total_tokens": 24}})
 
@@ -747,12 +741,14 @@ def test_tokenize_llama_cpp_python_counts_with_a_one_token_completion():
     assert engine.options.tokenize == "llama_cpp_python" and "one-token completion" in engine.describe()["tokenizer"]
 
     async def measure(text: str, **kw) -> CallContext:
-        engine._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        ctx = CallContext("r")
-        try:
-            await engine.measure(req(user(TextBlock(text)), max_tokens=50, temperature=0.3, **kw), ctx)
-        finally:
-            await engine._client.aclose()
+        async with tiny_server(handler) as root:
+            engine.options.base_urls = [root + "/v1"]
+            await engine.start()
+            ctx = CallContext("r")
+            try:
+                await engine.measure(req(user(TextBlock(text)), max_tokens=50, temperature=0.3, **kw), ctx)
+            finally:
+                await engine.close()
         return ctx
 
     tools = [ToolSpec("get_weather", "Weather", {"type": "object"})]
