@@ -1081,6 +1081,7 @@ class AnthropicCompatEngine(UpstreamEngine):
             "upstream": [safe_url(u) for u in opts.base_urls],
             "upstream_model": opts.upstream_model,
             "replicas": len(opts.base_urls),
+            **self.balancing(),
             "tokenizer": tokenizer,
             "thinking": thinking,
             "thinking_signatures": (

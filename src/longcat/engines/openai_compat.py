@@ -674,6 +674,7 @@ class OpenAICompatEngine(UpstreamEngine):
             "upstream": [safe_url(u) for u in opts.base_urls],
             "upstream_model": opts.upstream_model,
             "replicas": len(opts.base_urls),
+            **self.balancing(),
             "tokenizer": tokenizer,
             "thinking_param": opts.thinking_param,
             "context_window": self.model.context_window,
