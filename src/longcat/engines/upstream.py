@@ -666,6 +666,9 @@ class UpstreamEngine(Engine):
             except http1.HttpError as exc:
                 self._replicas.probed(replica, False, str(exc))
                 return
+            except Exception:  # a bug here must not end the probing of every replica
+                self.log.exception("model %s: the health check of %s failed", self.model.id, replica.label)
+                return
             if response.status_code != 429:
                 self._replicas.probed(replica, 200 <= response.status_code < 400, f"HTTP {response.status_code}")
 
