@@ -24,7 +24,16 @@ What this server does, found by asking it, and what the front makes of it:
   named function) changes nothing: the answer is text. Without `--jinja` any request with
   tools is a 500 ("tools param requires --jinja flag"), a 502 from the front;
 - `response_format` (`json_object`, `json_schema`) is a grammar on the server: the reply parses;
-- killed mid-reply, its stream just stops: the front sends an error, not a finished reply.
+- killed mid-reply, its stream just stops: the front sends an error, not a finished reply; its
+  `/health` then fails, and with `health_path = "/health"` the front takes it out (a 503 at once,
+  no connection tried) until it passes again.
+
+It also serves Anthropic's `POST /v1/messages` (streamed or not) and `/v1/messages/count_tokens`
+itself, so an `anthropic_compat` model can sit on it directly (`tokenize = "anthropic"`): its
+usage counts the prompt read from its cache apart (`cache_read_input_tokens`), the count is the
+prompt it bills, a disconnect frees the slot as fast, and tools are dropped as above. A stop
+sequence ends the reply with `stop_reason: "end_turn"` and the sequence in `stop_sequence`, which
+the front does not turn into `stop_sequence`.
 """
 
 from __future__ import annotations
@@ -77,8 +86,9 @@ DOOMED_PORT = free_port()  # a second llama.cpp server, started (and killed) by 
 
 @pytest.fixture(scope="module")
 def front(llama, tmp_path_factory):
-    def model(id: str, port: int, context: int = 8192, **extra: str) -> str:
-        lines = [f'id = "{id}"', 'engine = "openai_compat"', f'base_url = "http://127.0.0.1:{port}/v1"',
+    def model(id: str, port: int, context: int = 8192, engine: str = "openai_compat", **extra: str) -> str:
+        base = f"http://127.0.0.1:{port}" + ("/v1" if engine == "openai_compat" else "")
+        lines = [f'id = "{id}"', f'engine = "{engine}"', f'base_url = "{base}"',
                  'upstream_model = "smollm2"', f"context_window = {context}", f"max_output = {min(4096, context)}",
                  "timeout = { connect = 5, read = 120 }", *(f"{k} = {v}" for k, v in extra.items())]
         return "[[models]]\n" + "\n".join(lines) + "\n"
@@ -89,7 +99,11 @@ def front(llama, tmp_path_factory):
         # ignore_eos (a llama.cpp field) keeps a reply going to its max_tokens
         model("smol-endless", llama.port, tokenize='"llamacpp"', extra_body="{ ignore_eos = true }"),
         model("smol-small", llama.port, SMALL_CONTEXT, tokenize='"llamacpp"', extra_body="{ ignore_eos = true }"),
-        model("smol-doomed", DOOMED_PORT, tokenize='"llamacpp"'),
+        model("smol-doomed", DOOMED_PORT, tokenize='"llamacpp"', health_path='"/health"', health_interval="0.5",
+              health_timeout="1"),
+        # Its Anthropic-compatible endpoint: /v1/messages and /v1/messages/count_tokens at the root.
+        model("smol-messages", llama.port, engine="anthropic_compat", tokenize='"anthropic"'),
+        model("smol-messages-endless", llama.port, engine="anthropic_compat", extra_body="{ ignore_eos = true }"),
     ])
     data = tmp_path_factory.mktemp("llamacpp-front")
     server = Server(data, write_config(data / "config.toml", config), free_port()).start()
@@ -132,6 +146,18 @@ def server_count(llama: LlamaCppServer, messages: list[dict[str, Any]], **extra:
     """The prompt's tokens as the server counts them: its template, then its tokenizer."""
     prompt = llama.post("/apply-template", {"messages": messages, **extra})["prompt"]
     return len(llama.post("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})["tokens"])
+
+
+def serves(front: Server, model: str, timeout: float = 60) -> None:
+    """Wait until `model` answers a short request (a replica out for its health comes back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.post(front.base_url + "/openai/v1/chat/completions", headers={"Authorization": f"Bearer {front.key}"},
+                       json={"model": model, "messages": ask("Say hi."), "max_tokens": 3}, timeout=120)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
 
 
 def busy(llama: LlamaCppServer) -> bool:
@@ -341,6 +367,7 @@ def test_a_server_killed_mid_reply_is_an_error_not_a_finished_reply(front, tmp_p
     body = {"model": "smol-doomed", "messages": ask(STORY), "max_tokens": 1000, "stream": True}
     try:
         doomed.start()
+        serves(front, "smol-doomed")  # its health checks failed until now: it comes back after two passes
         with httpx.stream("POST", front.base_url + "/openai/v1/chat/completions", json=body, headers=headers,
                           timeout=120) as response:
             request_id = response.headers["x-request-id"]
@@ -359,16 +386,22 @@ def test_a_server_killed_mid_reply_is_an_error_not_a_finished_reply(front, tmp_p
         mine = record(front, request_id)
         assert mine["status"] != "ok" and mine["output_tokens"] >= received, mine
 
-        # Started again on the same port, it serves the front again (once the 5 s set-aside ends).
-        doomed.start()
-        deadline = time.monotonic() + 60
+        # Its /health fails now: after two probes the front no longer tries it, and says so at once
+        # (the circuit breaker may say it first, after five refused connections in a row).
+        deadline = time.monotonic() + 10
         while True:
-            again = httpx.post(front.base_url + "/openai/v1/chat/completions", headers=headers, timeout=120,
-                               json={"model": "smol-doomed", "messages": ask("Say hi."), "max_tokens": 3})
-            if again.status_code == 200 or time.monotonic() > deadline:
+            down = httpx.post(front.base_url + "/openai/v1/chat/completions", headers=headers, timeout=30,
+                              json={"model": "smol-doomed", "messages": ask("Say hi."), "max_tokens": 3})
+            if "health" in down.text or time.monotonic() > deadline:
                 break
-            time.sleep(1)
-        assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"], again.text
+            time.sleep(0.2)
+        error = down.json()["error"]
+        assert down.status_code == 503 and error["code"] == "upstream_unavailable", down.text
+        assert "1 failing health checks" in error["message"] and str(DOOMED_PORT) not in error["message"]
+
+        # Started again on the same port, it passes its checks and serves the front again.
+        doomed.start()
+        serves(front, "smol-doomed")
     finally:
         doomed.stop()
 
@@ -417,3 +450,67 @@ def test_json_schema_is_the_servers_grammar(oai, llama):
                                     response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
     assert r.choices[0].message.content == direct["choices"][0]["message"]["content"]
     assert isinstance(json.loads(r.choices[0].message.content)["city"], str)  # constrained: it parses
+
+
+# ======================================================================= its Anthropic endpoint
+
+
+def test_its_messages_endpoint_behind_anthropic_compat(claude, oai, llama, front):
+    """`anthropic_compat` on the server's own /v1/messages: the same text as asked directly, the
+    prompt counted by its /v1/messages/count_tokens, usage billed as it reports, both SDKs."""
+    question = ask("Give me one tip for learning to cook.")
+    direct = llama.post("/v1/messages", {"model": "smollm2", "max_tokens": 24, "temperature": 0, "messages": question})
+    want_in = direct["usage"]["input_tokens"] + direct["usage"].get("cache_read_input_tokens", 0)
+    want_out, want_text = direct["usage"]["output_tokens"], direct["content"][0]["text"]
+    assert llama.post("/v1/messages/count_tokens", {"model": "smollm2", "messages": question})["input_tokens"] == want_in
+    assert claude.messages.count_tokens(model="smol-messages", messages=question).input_tokens == want_in
+
+    raw = claude.messages.with_raw_response.create(model="smol-messages", max_tokens=24, extra_body=GREEDY, messages=question)
+    message = raw.parse()
+    assert message.content[0].text == want_text and message.stop_reason == direct["stop_reason"]
+    assert (message.usage.input_tokens + message.usage.cache_read_input_tokens, message.usage.output_tokens) == (
+        want_in, want_out)
+    assert message.usage.cache_read_input_tokens > 0  # the same prompt again: read from its cache
+    mine = record(front, raw.headers["request-id"])
+    assert (mine["input_tokens"], mine["output_tokens"], mine["cached_tokens"]) == (
+        want_in, want_out, message.usage.cache_read_input_tokens)
+
+    with claude.messages.stream(model="smol-messages", max_tokens=24, extra_body=GREEDY, messages=question) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(pieces) == want_text and len(pieces) >= 5
+    assert (final.usage.input_tokens + final.usage.cache_read_input_tokens, final.usage.output_tokens) == (want_in, want_out)
+
+    raw = oai.chat.completions.with_raw_response.create(model="smol-messages", messages=question, max_tokens=24, temperature=0,
+                                                        stream=True, stream_options={"include_usage": True})
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want_text
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (want_in, want_out)
+    assert record(front, raw.headers["x-request-id"])["output_tokens"] == want_out
+
+    # SmolLM2's template has no tools: the server drops them here too, even a forced one.
+    tool = {"name": "get_weather", "description": "Get the current weather in a city",
+            "input_schema": WEATHER["function"]["parameters"]}
+    forced = claude.messages.create(model="smol-messages", max_tokens=12, extra_body=GREEDY, messages=question, tools=[tool],
+                                    tool_choice={"type": "any"})
+    assert [b.type for b in forced.content] == ["text"] and forced.content[0].text == want_text[: len(forced.content[0].text)]
+
+
+def test_a_disconnect_from_its_messages_endpoint_frees_the_slot(front, llama):
+    received = 0
+    body = {"model": "smol-messages-endless", "messages": ask(STORY), "max_tokens": 4000, "stream": True}
+    with httpx.stream("POST", front.base_url + "/anthropic/v1/messages", json=body, headers={"x-api-key": front.key},
+                      timeout=120) as response:
+        request_id = response.headers["request-id"]
+        lines = response.iter_lines()  # held: a dropped iterator would close the connection at once
+        for line in lines:
+            received += '"text_delta"' in line
+            if received >= 10:
+                break
+        assert busy(llama)
+    closed_at = time.monotonic()
+    while busy(llama):
+        assert time.monotonic() - closed_at < 5, "the server still generates for a client that left"
+        time.sleep(0.05)
+    mine = record(front, request_id)
+    assert mine["status"] == "client_closed" and received <= mine["output_tokens"] < 400, mine

@@ -28,7 +28,7 @@ def model_summary(model: ModelConfig) -> dict[str, Any]:
 
 
 # Where an upstream lives is the operator's business: only admins' keys see it.
-INTERNAL_FIELDS = ("upstream", "base_url", "base_urls")
+INTERNAL_FIELDS = ("upstream", "base_url", "base_urls", "replica_status")
 
 
 def model_detail(model: ModelConfig, engine: Engine, *, operator: bool = False) -> dict[str, Any]:

@@ -19,10 +19,9 @@ Options (keys of the `[[models]]` table):
 
 - `base_url` (e.g. "https://api.anthropic.com", "http://10.0.0.7:8000/anthropic"; a trailing
   `/v1` is dropped, requests go to `{base_url}/v1/messages`), or `base_urls` = [...] for several
-  replicas: round-robin, and a replica that cannot be connected to (refused, connect timeout) is
-  skipped for a few seconds while the request moves on to the next one. A request a replica
-  took and then dropped is not sent again (it may be generating): it fails with a 502 and the
-  replica is set aside for a few seconds.
+  replicas, with `weight`, `health_path`, `health_interval`, `health_timeout`,
+  `circuit_failures` and `circuit_cooldown` as for `openai_compat` (`health_path` is relative
+  to `base_url` here, e.g. "/v1/models").
 - `upstream_model`: the model name sent upstream; default the catalog `id`.
 - `api_key`, or `api_key_env` (the name of an environment variable holding it): sent as
   `x-api-key`, with `anthropic-version: 2023-06-01`. Never logged, never shown.
@@ -1081,6 +1080,7 @@ class AnthropicCompatEngine(UpstreamEngine):
             "upstream": [safe_url(u) for u in opts.base_urls],
             "upstream_model": opts.upstream_model,
             "replicas": len(opts.base_urls),
+            **self.balancing(),
             "tokenizer": tokenizer,
             "thinking": thinking,
             "thinking_signatures": (

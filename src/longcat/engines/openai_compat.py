@@ -19,10 +19,11 @@ gets the same stream, collected by the gateway).
 Options (keys of the `[[models]]` table):
 
 - `base_url` (e.g. "http://10.0.0.5:8000/v1"), or `base_urls` = [...] for several replicas of one
-  model: requests go round-robin, and a replica that cannot be connected to (refused, connect
-  timeout) is skipped for a few seconds while the request moves on to the next one. A request a
-  replica took and then dropped is not sent again (it may be generating): it fails with a 502
-  and the replica is set aside for a few seconds.
+  model, each a URL or a table `{ url = "…", weight = 2 }`: a request goes to the fewest requests
+  in flight per weight, and moves to another replica only while none can have started on it (no
+  connection, a 5xx, a 429). `health_path` (probed every `health_interval` s, each probe within
+  `health_timeout`), `circuit_failures` and `circuit_cooldown` take failing replicas out and
+  bring them back: see `engines/replicas.py`.
 - `upstream_model`: the model name sent upstream; default the catalog `id`.
 - `api_key`, or `api_key_env` (the name of an environment variable holding it): sent as
   `Authorization: Bearer …`. Never logged, never shown.
@@ -674,6 +675,7 @@ class OpenAICompatEngine(UpstreamEngine):
             "upstream": [safe_url(u) for u in opts.base_urls],
             "upstream_model": opts.upstream_model,
             "replicas": len(opts.base_urls),
+            **self.balancing(),
             "tokenizer": tokenizer,
             "thinking_param": opts.thinking_param,
             "context_window": self.model.context_window,

@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import codecs
 import functools
-import itertools
 import json
 import logging
 import os
 import re
 import ssl
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +43,7 @@ from longcat.canonical import (
 from longcat.config import ConfigError, ModelConfig
 from longcat.engines import http1
 from longcat.engines.base import CallContext, Engine
+from longcat.engines.replicas import BUSY, FAILED, LEFT, OK, Lease, Replica, ReplicaSet, ReplicaStats
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 600.0
@@ -52,8 +51,13 @@ DEFAULT_MAX_CONNECTIONS = 64
 # How long a request waits for a free connection when `max_connections` are all busy.
 POOL_WAIT = 30.0
 _JSON = {"content-type": "application/json"}
-# How long a replica that could not be connected to is passed over.
-REPLICA_COOLDOWN = 5.0
+# The circuit breaker (see `engines/replicas.py`): consecutive failures that open it, and how long
+# it stays open (a replica that failed once is tried last for as long).
+DEFAULT_CIRCUIT_FAILURES = 5
+DEFAULT_CIRCUIT_COOLDOWN = 5.0
+# Active health checks, when `health_path` is set: seconds between probes, and each probe's limit.
+DEFAULT_HEALTH_INTERVAL = 5.0
+DEFAULT_HEALTH_TIMEOUT = 2.0
 # Upstream error bodies read (and messages shown) are cut to these sizes.
 MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 400
@@ -77,6 +81,11 @@ COMMON_OPTION_KEYS = frozenset(
         "tokenize",
         "extra_body",
         "send_user",
+        "health_path",
+        "health_interval",
+        "health_timeout",
+        "circuit_failures",
+        "circuit_cooldown",
     }
 )
 
@@ -98,6 +107,15 @@ class UpstreamOptions:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # Tell the upstream which account a request is for (an opaque tag, never the account id).
     send_user: bool = False
+    # Per replica, the share of concurrent requests it takes (empty: 1 each).
+    weights: list[float] = field(default_factory=list)
+    # GET this path (at the server root) on every replica each `health_interval` s; None: no probes.
+    health_path: str | None = None
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    # Consecutive failures that set a replica aside (0: never), and for how long.
+    circuit_failures: int = DEFAULT_CIRCUIT_FAILURES
+    circuit_cooldown: float = DEFAULT_CIRCUIT_COOLDOWN
 
 
 def parse_common(
@@ -122,11 +140,11 @@ def parse_common(
     raw_urls = [opts["base_url"]] if "base_url" in opts else opts["base_urls"]
     if not isinstance(raw_urls, list) or not raw_urls:
         raise ConfigError(f"{where}: 'base_urls' must be a non-empty array of URLs")
-    urls = []
-    for url in raw_urls:
-        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
-            raise ConfigError(f"{where}: base URL {safe_url(str(url))!r} must start with http:// or https://")
-        urls.append(url.rstrip("/"))
+    urls, weights = [], []
+    for entry in raw_urls:
+        url, weight = _replica_entry(entry, where)
+        urls.append(url)
+        weights.append(weight)
 
     upstream_model = opts.get("upstream_model", model.id)
     if not isinstance(upstream_model, str) or not upstream_model:
@@ -171,8 +189,23 @@ def parse_common(
     if not isinstance(send_user, bool):
         raise ConfigError(f"{where}: 'send_user' must be true or false")
 
+    health_path = opts.get("health_path")
+    if health_path is not None and (not isinstance(health_path, str) or not re.fullmatch(r"/[^\s?#]*", health_path)):
+        raise ConfigError(f"{where}: 'health_path' must be a path starting with '/' (e.g. \"/health\" or \"/v1/models\")")
+    if health_path is None and ("health_interval" in opts or "health_timeout" in opts):
+        raise ConfigError(f"{where}: 'health_interval' and 'health_timeout' need 'health_path' (the route to probe)")
+    circuit_failures = opts.get("circuit_failures", DEFAULT_CIRCUIT_FAILURES)
+    if not isinstance(circuit_failures, int) or isinstance(circuit_failures, bool) or circuit_failures < 0:
+        raise ConfigError(f"{where}: 'circuit_failures' must be a whole number, 0 or more (0: no circuit breaker)")
+
     return {
         "base_urls": urls,
+        "weights": weights,
+        "health_path": health_path,
+        "health_interval": _seconds(opts, "health_interval", DEFAULT_HEALTH_INTERVAL, where),
+        "health_timeout": _seconds(opts, "health_timeout", DEFAULT_HEALTH_TIMEOUT, where),
+        "circuit_failures": circuit_failures,
+        "circuit_cooldown": _seconds(opts, "circuit_cooldown", DEFAULT_CIRCUIT_COOLDOWN, where),
         "upstream_model": upstream_model,
         "api_key": api_key or None,
         "connect_timeout": connect,
@@ -182,6 +215,29 @@ def parse_common(
         "extra_body": dict(extra_body),
         "send_user": send_user,
     }
+
+
+def _replica_entry(entry: Any, where: str) -> tuple[str, float]:
+    """A `base_urls` entry: a URL, or a table `{ url = "…", weight = 2 }`."""
+    weight: Any = 1.0
+    url = entry
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"url", "weight"})
+        if unknown or "url" not in entry:
+            raise ConfigError(f"{where}: a replica table takes 'url' and 'weight' (got {', '.join(sorted(entry)) or 'nothing'})")
+        url, weight = entry["url"], entry.get("weight", 1.0)
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(f"{where}: base URL {safe_url(str(url))!r} must start with http:// or https://")
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 < weight <= 1000:
+        raise ConfigError(f"{where}: a replica's 'weight' must be a number above 0 (at most 1000)")
+    return url.rstrip("/"), float(weight)
+
+
+def _seconds(opts: dict[str, Any], name: str, default: float, where: str) -> float:
+    value = opts.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 86400:
+        raise ConfigError(f"{where}: {name!r} must be a number of seconds above 0")
+    return float(value)
 
 
 def merge_extra_body(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -492,8 +548,12 @@ class UpstreamEngine(Engine):
         self.options = options
         self._secrets = (options.api_key,) if options.api_key else ()
         self._pool: http1.Pool | None = None
-        self._next = itertools.count()
-        self._down_until = [0.0] * len(options.base_urls)
+        self._replicas = ReplicaSet(
+            options.base_urls, options.weights, model_id=model.id, log=self.log,
+            circuit_failures=options.circuit_failures, circuit_cooldown=options.circuit_cooldown,
+            health_interval=options.health_interval if options.health_path else 0.0,
+        )
+        self._health: asyncio.Task | None = None
         self._count_warned = False
 
     # ------------------------------------------------------------------ the wire format
@@ -546,6 +606,8 @@ class UpstreamEngine(Engine):
             pool_timeout=POOL_WAIT,
             max_connections=opts.max_connections,
         )
+        if opts.health_path:
+            self._health = asyncio.get_running_loop().create_task(self._watch_health(), name=f"health {self.model.id}")
         self.log.info(
             "model %s: upstream %s (model %s, %d replica%s)",
             self.model.id,
@@ -556,72 +618,146 @@ class UpstreamEngine(Engine):
         )
 
     async def close(self) -> None:
+        health, self._health = self._health, None
+        if health is not None:
+            health.cancel()
+            await asyncio.gather(health, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.aclose()
 
     # ------------------------------------------------------------------ replicas
 
-    def _replica_order(self) -> list[int]:
-        """Round-robin start; replicas recently unreachable go last (never dropped entirely)."""
-        n = len(self.options.base_urls)
-        first = next(self._next) % n
-        order = [(first + k) % n for k in range(n)]
-        now = time.monotonic()
-        return [i for i in order if self._down_until[i] <= now] + [i for i in order if self._down_until[i] > now]
+    def replica_stats(self) -> list[ReplicaStats]:
+        """Per replica (host:port): requests in flight, health, circuit, requests, errors, latency.
+        This process's figures only: every gateway process balances and probes on its own."""
+        return self._replicas.stats()
 
-    async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> http1.Response:
-        """Send to the first replica that answers; a streamed response the caller must close.
+    def balancing(self) -> dict[str, Any]:
+        """How requests are spread over the replicas, for `describe` (operators only see
+        `replica_status`: it names the replicas)."""
+        opts = self.options
+        return {
+            "balancing": "fewest requests in flight" + (
+                f" per weight ({', '.join(f'{w:g}' for w in opts.weights)})" if len(set(opts.weights)) > 1 else ""),
+            "health_check": (f"GET {opts.health_path} every {opts.health_interval:g} s (limit {opts.health_timeout:g} s)"
+                             if opts.health_path else None),
+            "circuit_breaker": (f"after {opts.circuit_failures} failures in a row, {opts.circuit_cooldown:g} s aside"
+                                if opts.circuit_failures else None),
+            "replica_status": [asdict(stat) for stat in self.replica_stats()],
+        }
 
-        Only failures that prove the request was not taken move on to the next replica."""
+    async def _watch_health(self) -> None:
+        """Probe every replica's `health_path` every `health_interval` seconds, for as long as
+        the engine runs: 2xx or 3xx in time passes; a 429 says nothing; anything else fails."""
+        opts = self.options
+        limit = opts.health_timeout
+        pool = http1.Pool(headers=self.request_headers(), ssl_context=tls_context(), connect_timeout=limit,
+                          read_timeout=limit, pool_timeout=limit, max_connections=2 * len(opts.base_urls))
+
+        async def probe(replica: Replica) -> None:
+            try:
+                async with asyncio.timeout(limit):
+                    response = await pool.send("GET", self.url(replica.url, opts.health_path or "/", True), b"")
+                    await response.aread()  # to its end: the connection is kept for the next probe
+            except (TimeoutError, http1.ReadTimeout):
+                self._replicas.probed(replica, False, f"no answer within {limit:g} s")
+                return
+            except http1.HttpError as exc:
+                self._replicas.probed(replica, False, str(exc))
+                return
+            except Exception:  # a bug here must not end the probing of every replica
+                self.log.exception("model %s: the health check of %s failed", self.model.id, replica.label)
+                return
+            if response.status_code != 429:
+                self._replicas.probed(replica, 200 <= response.status_code < 400, f"HTTP {response.status_code}")
+
+        try:
+            while True:
+                await asyncio.gather(*(probe(r) for r in self._replicas.replicas))
+                await asyncio.sleep(opts.health_interval)
+        finally:
+            await pool.aclose()
+
+    async def _send(self, method: str, path: str, body: dict[str, Any], *, root: bool = False) -> tuple[http1.Response, Lease]:
+        """Send to a replica that answers; a streamed response the caller must close, and the
+        lease on its replica the caller must end (`Lease.done`, once).
+
+        A request moves on to the next replica only while no replica can have started on it: it
+        could not be connected (or its body sent), or the replica answered with a 5xx or a 429.
+        A replica that took the request and then went silent or dropped it may be generating:
+        sending it again would run it twice."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("the engine was not started")
+        replicas = self._replicas
         data = jsonutil.dumps(body)
-        tried = 0
-        # Only failures that prove the request was not taken (no connection, or the body never
-        # got through) move on: after that, the replica may already be generating, and sending
-        # the request again would run it twice.
-        for i in self._replica_order():
-            base = self.options.base_urls[i]
+        tried: list[Replica] = []
+        unreachable = 0
+        refused: ApiError | None = None  # the last 5xx or 429, passed on if no replica answers
+        while (replica := replicas.choose(tried)) is not None:
+            tried.append(replica)
+            lease: Lease | None = replicas.take(replica)
+            outcome = FAILED
+            wait = 0.0
             try:
-                response = await pool.send(method, self.url(base, path, root), data, _JSON)
-            except http1.ConnectFailed as exc:
-                tried += 1
-                self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
-                self.log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(base), exc,
-                                 "; trying the next replica" if tried < len(self.options.base_urls) else "")
-                continue
-            except http1.Dropped as exc:
-                self._down_until[i] = time.monotonic() + REPLICA_COOLDOWN
-                self.log.warning("model %s: upstream %s dropped the request (%s)", self.model.id, safe_url(base), exc)
-                raise ApiError(
-                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} dropped the request; please retry."
-                ) from None
-            except http1.PoolTimeout:
-                raise ApiError(
-                    "overloaded",
-                    "overloaded",
-                    f"All {self.options.max_connections} connections to the model server behind {self.model.id!r} are busy; retry shortly.",
-                    headers={"Retry-After": "2"},
-                ) from None
-            except http1.ReadTimeout:
-                self.log.warning("model %s: upstream %s did not answer within %.1f s", self.model.id, safe_url(base),
-                                 self.options.read_timeout)
-                raise ApiError(
-                    "upstream", "upstream_error", f"The model server behind {self.model.id!r} did not answer in time; please retry."
-                ) from None
-            except http1.HttpError as exc:
-                self.log.warning("model %s: request to %s failed: %s", self.model.id, safe_url(base), exc)
-                raise ApiError("upstream", "upstream_error", f"The model server behind {self.model.id!r} could not be reached.") from None
-            self._down_until[i] = 0.0
-            return response
-        raise ApiError(
-            "upstream",
-            "upstream_error",
-            f"The model server behind {self.model.id!r} could not be reached"
-            + (f" (tried {tried} replicas)." if tried > 1 else "."),
-        )
+                try:
+                    response = await pool.send(method, self.url(replica.url, path, root), data, _JSON)
+                except http1.ConnectFailed as exc:
+                    unreachable += 1
+                    self.log.warning("model %s: upstream %s unreachable (%s)%s", self.model.id, safe_url(replica.url), exc,
+                                     "; trying the next replica" if len(tried) < len(replicas.replicas) else "")
+                    continue
+                except http1.Dropped as exc:
+                    self.log.warning("model %s: upstream %s dropped the request (%s)", self.model.id, safe_url(replica.url), exc)
+                    raise ApiError(
+                        "upstream", "upstream_error", f"The model server behind {self.model.id!r} dropped the request; please retry."
+                    ) from None
+                except http1.PoolTimeout:
+                    outcome = LEFT  # our own pool was full: nothing against the replica
+                    raise ApiError(
+                        "overloaded",
+                        "overloaded",
+                        f"All {self.options.max_connections} connections to the model server behind {self.model.id!r} are busy; retry shortly.",
+                        headers={"Retry-After": "2"},
+                    ) from None
+                except http1.ReadTimeout:
+                    self.log.warning("model %s: upstream %s did not answer within %.1f s", self.model.id, safe_url(replica.url),
+                                     self.options.read_timeout)
+                    raise ApiError(
+                        "upstream", "upstream_error", f"The model server behind {self.model.id!r} did not answer in time; please retry."
+                    ) from None
+                except http1.HttpError as exc:
+                    self.log.warning("model %s: request to %s failed: %s", self.model.id, safe_url(replica.url), exc)
+                    raise ApiError("upstream", "upstream_error", f"The model server behind {self.model.id!r} could not be reached.") from None
+                status = response.status_code
+                if status != 429 and status < 500:
+                    outcome = OK
+                    lease.answered()
+                    owned, lease = lease, None  # the caller's now
+                    return response, owned
+                if status == 429:
+                    outcome, wait = BUSY, float(retry_after(response.headers))
+                try:
+                    await self._check(response)  # reads, logs and closes it; raises its error
+                except ApiError as err:
+                    refused = err
+            except asyncio.CancelledError:
+                outcome = LEFT  # the client left while the replica was being asked
+                raise
+            finally:
+                if lease is not None:
+                    lease.done(outcome, wait)
+        if refused is not None:
+            raise refused
+        if unreachable:
+            raise ApiError(
+                "upstream",
+                "upstream_error",
+                f"The model server behind {self.model.id!r} could not be reached"
+                + (f" (tried {unreachable} replicas)." if unreachable > 1 else "."),
+            )
+        raise replicas.unavailable()
 
     async def _check(self, response: http1.Response) -> None:
         """Raise the mapped `ApiError` (and close the response) unless it is a 200."""
@@ -646,12 +782,22 @@ class UpstreamEngine(Engine):
         raise err
 
     async def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False) -> Any:
-        response = await self._send("POST", path, body, root=root)
-        await self._check(response)
+        response, lease = await self._send("POST", path, body, root=root)
+        outcome = LEFT
         try:
-            return json.loads(await response.aread())
+            await self._check(response)
+            outcome = FAILED
+            data = await response.aread()
+            outcome = OK
+            return json.loads(data)
+        except ApiError:
+            outcome = OK  # a 4xx: the replica works, the request did not
+            raise
         finally:
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                lease.done(outcome)
 
     # ------------------------------------------------------------------ counting
 
@@ -701,8 +847,9 @@ class UpstreamEngine(Engine):
         if ctx.account_tag:
             self.tag_account(body, ctx.account_tag)
         reader = self.reader(request)
-        response = await self._send("POST", path, body)
+        response, lease = await self._send("POST", path, body)
         emitted = checked = False
+        outcome = LEFT  # until the reply ends one way or another: the client may leave first
         try:
             await self._check(response)  # logs what it raises
             checked = True
@@ -732,6 +879,7 @@ class UpstreamEngine(Engine):
                     "upstream", "upstream_error", f"The connection to the model server behind {self.model.id!r} broke mid-reply."
                 ) from None
             events, finish = reader.end()
+            outcome = OK
             self._meter(ctx, reader, budget)
             for event in events:
                 emitted = True
@@ -739,6 +887,12 @@ class UpstreamEngine(Engine):
             yield Usage(ctx.usage.input_tokens, ctx.usage.output_tokens, ctx.usage.cached_tokens)
             yield finish
         except ApiError as err:
+            # A reply that broke, stalled or made no sense counts against the replica; a 4xx
+            # (before the stream) or an error about the request (inside it) does not.
+            if checked and err.kind == "upstream":
+                outcome = FAILED
+            else:
+                outcome = LEFT if err.kind == "overloaded" else OK
             self._meter(ctx, reader, budget)
             if checked:
                 self.log.warning("model %s: request %s failed %s: %s", self.model.id, ctx.request_id,
@@ -748,7 +902,10 @@ class UpstreamEngine(Engine):
             yield Error(err)
         finally:
             # Also on cancellation (the client left): closing the response ends the upstream request.
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                lease.done(outcome)
 
     @staticmethod
     def _meter(ctx: CallContext, reader: Reader, budget: int | None = None) -> None:
