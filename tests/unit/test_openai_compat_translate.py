@@ -742,7 +742,7 @@ def test_tokenize_llama_cpp_python_counts_with_a_one_token_completion():
 
     async def measure(text: str, **kw) -> CallContext:
         async with tiny_server(handler) as root:
-            engine.options.base_urls = [root + "/v1"]
+            engine = OpenAICompatEngine(model(base_url=root + "/v1", tokenize="llama_cpp_python"))
             await engine.start()
             ctx = CallContext("r")
             try:
