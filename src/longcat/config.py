@@ -17,10 +17,10 @@ import re
 import tomllib
 import types
 import typing
-from urllib.parse import unquote
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 ENV_PREFIX = "LONGCAT_"
 
