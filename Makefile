@@ -3,6 +3,7 @@
 # make bench  - run the benchmarks in bench/ (engine, gateway, translation, upstream, console; each prints a ratio)
 # make soak   - the platform's memory over a 10-minute soak at 50 requests/s (ARGS="--minutes 1" to try it)
 # make messages - bring the console's translation catalogs up to date with the sources
+# make audit  - pip-audit of the installed environment (needs the OSV vulnerability database online)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +11,7 @@ BIN     = $(VENV)/bin
 AGENTS  = tests/e2e/agents
 ARGS   ?=
 
-.PHONY: serve test test-fast bench soak lint messages clean
+.PHONY: serve test test-fast bench soak lint messages audit clean
 
 serve: $(VENV)/.installed
 	$(BIN)/longcat serve $(ARGS)
@@ -40,6 +41,11 @@ messages: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench
+
+# Exits 3 with one line, having audited nothing, where the database cannot be reached; the test
+# suite's tests/integration/test_audit.py skips there.
+audit: $(VENV)/.dev-installed
+	$(BIN)/python tests/support/audit.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -28,6 +28,7 @@ from longcat.gateway.counters import MemoryCounters, RedisCounters
 from longcat.gateway.feedback import FeedbackDesk
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
+from longcat.httpkit import SecurityHeaders
 from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.openai_errors import openai_error_body
 from longcat.store.accounts import AccountStore
@@ -75,6 +76,16 @@ async def health(request: Request) -> Response:
     return JSONBody({"status": "ok", "models": sorted(catalog.models)})
 
 
+class App(Starlette):
+    """The platform's Starlette app, with the security headers outside everything, so that even
+    the answer of the last-resort error handler carries them."""
+
+    https = False
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack(), https=self.https)
+
+
 def create_app(settings: Settings) -> Starlette:
     db = create_engine(settings.resolved_database_url)
     accounts = AccountStore(db)
@@ -120,11 +131,12 @@ def create_app(settings: Settings) -> Starlette:
         *docs_routes(),
         *console_routes(),
     ]
-    app = Starlette(
+    app = App(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
     )
+    app.https = settings.public_url.lower().startswith("https://")
     app.state.settings = settings
     app.state.secret_key = secret
     app.state.signer = Signer(secret)

@@ -1,7 +1,11 @@
-"""The operator's command line: `longcat serve`, `longcat users …`, `longcat keys …`.
+"""The operator's command line: `longcat serve`, `longcat users …`, `longcat keys …`, `longcat config …`.
 
 Every command reads the same settings as the server (`--data-dir`, `--config`, `LONGCAT_*`), so
 it works on the same database whether the server is running or not.
+
+A command that cannot run prints one line, `error: …`, to standard error and exits with
+EXIT_CONFIG (a setting, a file, an account or key that is wrong) or EXIT_UNREACHABLE (the
+database or Redis does not answer); never a traceback.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from longcat.config import ConfigError, Settings, load_settings
@@ -22,9 +28,12 @@ from longcat.store.credentials import new_password
 from longcat.store.db import create_engine, create_schema
 from longcat.store.keycache import TTL as KEY_CACHE_TTL
 from longcat.store.keycache import publish_change
+from longcat.store.probe import Unreachable, check_database, check_redis
 from longcat.store.usage import UsageStore
 
 ADMIN_EMAIL = "admin@localhost"
+EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     klimits.add_argument("key_id", type=int)
     _limit_flags(klimits)
     _connect_parser(sub)
+
+    config = sub.add_parser("config", help="check or show the settings").add_subparsers(dest="action", required=True)
+    ccheck = config.add_parser(
+        "check", help="validate the settings (file, environment, engine options, database, Redis) without starting",
+    )
+    _common(ccheck)
+    ccheck.add_argument("--no-connect", action="store_true", help="do not try the database and Redis")
+    cshow = config.add_parser("show", help="print the effective settings as TOML, secrets masked")
+    _common(cshow)
     return parser
 
 
@@ -121,6 +139,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def _with_store(settings: Settings, work: Callable[[AccountStore], Awaitable[Any]]) -> Any:
     async def run() -> Any:
+        await check_database(settings.resolved_database_url)  # one line, not a driver's traceback
         engine = create_engine(settings.resolved_database_url)
         try:
             await create_schema(engine)
@@ -295,8 +314,6 @@ def _cmd_set_limits(scope: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
 
     from longcat import connect as conn
     from longcat.docs.agents import Target
@@ -335,13 +352,17 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from longcat.app import create_app
+    from longcat.engines import catalog
     from longcat.serving import build_server
     from longcat.supervisor import check_workers, serve_workers
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     check_workers(settings)
+    catalog.check(settings)
     configure_logging(settings.log_level, process_ids=settings.workers > 1)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(settings)
+    if settings.redis_url:
+        asyncio.run(check_redis(settings.redis_url))
     # Migrations and the first-start account happen here, once, before any worker exists.
     first = _with_store(settings, bootstrap)
     print_banner(settings, first)
@@ -349,6 +370,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve_workers(settings)
     app = create_app(settings)
     build_server(app, settings, on_exit=lambda: app.state.gateway.request_shutdown(settings.shutdown_grace)).run()
+    return 0
+
+
+def _make_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir = {str(settings.data_dir)!r}: cannot be created ({exc.strerror or exc})") from None
+
+
+def _writable_dir(path: Path) -> None:
+    """The directory exists and is writable, or could be created: checked without creating it."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"data_dir = {str(path)!r}: {probe} is not a writable directory")
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from longcat.config import unknown_env
+    from longcat.engines import catalog
+
+    settings = _settings(args)
+    catalog.check(settings)
+    for note in unknown_env(dict(os.environ)):
+        print(f"warning: {note}", file=sys.stderr)
+    reached = ""
+    if not args.no_connect:
+        if settings.database_url:
+            asyncio.run(check_database(settings.database_url))
+        else:
+            _writable_dir(settings.data_dir)  # SQLite: the file is created on the first start
+        if settings.redis_url:
+            asyncio.run(check_redis(settings.redis_url))
+        reached = "; database" + (" and Redis" if settings.redis_url else "") + " reachable"
+    models = ", ".join(f"{m.id} ({m.engine})" for m in settings.models)
+    print(f"ok: {len(settings.models)} model{'s' if len(settings.models) != 1 else ''}: {models}{reached}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from longcat.config_show import render
+
+    print(render(_settings(args)), end="")
     return 0
 
 
@@ -420,6 +486,8 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("users", "usage"): cmd_users_usage,
     ("users", "set-limits"): _cmd_set_limits("account"),
     ("connect", None): cmd_connect,
+    ("config", "check"): cmd_config_check,
+    ("config", "show"): cmd_config_show,
 }
 
 
@@ -429,8 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, StoreError, ConnectError) as exc:
-        print(f"longcat: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Unreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130
 

@@ -8,11 +8,19 @@ keys a model table has beyond the common ones are handed to its engine as option
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
+import json
+import math
 import os
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 ENV_PREFIX = "LONGCAT_"
 
@@ -43,9 +51,6 @@ class ModelConfig:
     @property
     def display_name(self) -> str:
         return self.name or self.id
-
-
-_MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"options"}
 
 
 def default_models() -> list[ModelConfig]:
@@ -160,57 +165,263 @@ class Settings:
         return path.read_text().strip().encode()
 
 
+# ============================================================================ what is allowed
+# Checked for every setting, whatever its source, so a new field gets the checks for free:
+# its type comes from the annotation; a number must be 0 or more unless listed here.
 
-_SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("models", "config_file")}
+# Inclusive bounds of numeric settings. A field named `*_port` not listed is 0-65535 (0: off).
+RANGES: dict[str, tuple[float, float]] = {
+    "port": (1, 65535),
+    "feedback_refresh_probability": (0, 1),
+    "session_days": (1, 3650),
+    "embedded_slots": (0, 256),
+    "workers": (1, 256),
+}
+# Numbers that must be more than 0 (a deadline of 0 s would refuse every request).
+POSITIVE = frozenset({
+    "header_timeout", "body_timeout", "stream_ping_interval", "lease_seconds", "default_max_tokens",
+    "account_tokenize_concurrency", "password_hash_concurrency",
+})
+# String settings with a fixed set of values (a `Literal[...]` annotation works too).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "registration": ("open", "invite", "closed"),
+    "log_level": ("debug", "info", "warning", "error", "critical"),
+}
+# URL settings (when not empty) and the schemes each accepts; any other `*_url` needs a scheme.
+URL_SCHEMES: dict[str, tuple[str, ...]] = {
+    "database_url": ("sqlite+aiosqlite", "postgresql+asyncpg"),
+    "redis_url": ("redis", "rediss", "unix"),
+    "smtp_url": ("smtp", "smtps"),
+    "public_url": ("http", "https"),
+}
+# The engines a catalog entry may name (engines/catalog.py builds them).
+ENGINES = ("embedded", "mock", "openai_compat", "anthropic_compat")
+# Larger integers are typos, and would overflow the database's 64-bit columns in sums.
+MAX_INT = 2**53
+
+# A name whose last word is one of these holds a secret: `secret_key`, `metrics_token`, `api_key`…
+_SECRET_WORDS = frozenset({
+    "key", "secret", "password", "passwd", "pass", "token", "credential", "credentials", "apikey", "authorization",
+})
 
 
-def _coerce(name: str, raw: Any, like: Any) -> Any:
-    """Convert a TOML or environment value to the type of the field's default."""
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or option of this name holds a secret (its value is never shown)."""
+    return name.lower().replace("-", "_").rsplit("_", 1)[-1] in _SECRET_WORDS
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password, and the values of secret-named query parameters, replaced by ***.
+
+    Works on the text itself (no parse and rebuild), so `sqlite:////abs/path` stays as it was."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        authority = f"{user}{':***' if colon else ''}@{host}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        pairs = [p.partition("=") for p in query.split("&")]
+        query = "&".join(f"{k}{eq}{'***' if eq and is_secret_name(unquote(k)) else v}" for k, eq, v in pairs)
+        query += hash_ + fragment
+    return f"{scheme}://{authority}{path}{qmark}{query}"
+
+
+def shown(name: str, value: Any) -> str:
+    """A value fit for an error message: secrets masked, URLs without passwords, kept short."""
+    if is_secret_name(name):
+        return "***"
+    if isinstance(value, str):
+        text = mask_url(value) if "://" in value else value
+        return json.dumps(text[:120] + ("…" if len(text) > 120 else ""), ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "[…]" if isinstance(value, list) else "{…}" if isinstance(value, dict) else repr(value)[:120]
+
+
+def _kind(hint: Any, default: Any) -> Any:
+    """The type a setting holds: its annotation without `| None`, else its default's type."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _kind(args[0], default) if len(args) == 1 else type(default)
+    if origin is typing.Literal or hint in (bool, int, float, str, Path):
+        return hint
+    return type(default)
+
+
+def _bounds(name: str, kind: Any) -> tuple[float, float]:
+    if name in RANGES:
+        return RANGES[name]
+    if name.endswith("_port"):
+        return (0, 65535)
+    low = 1 if name in POSITIVE and kind is int else 0
+    return (low, MAX_INT if kind is int else math.inf)
+
+
+def _describe_number(name: str, kind: Any) -> str:
+    low, high = _bounds(name, kind)
+    what = "an integer" if kind is int else "a number"
+    if name in POSITIVE and kind is float and (low, high) == (0, math.inf):
+        return f"{what} more than 0"
+    if high in (MAX_INT, math.inf):
+        return "a positive integer" if (kind is int and low == 1) else f"{what}, {low:g} or more"
+    return f"{what} from {low:g} to {high:g}"
+
+
+def check_value(name: str, raw: Any, kind: Any, default: Any, *, text: bool) -> Any:
+    """The value of setting `name` as its type, or a `ValueError` saying what is allowed.
+
+    `text`: `raw` is a string to parse (an environment variable); else it must already have the
+    right type (a TOML value, a flag)."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if text and str(raw).strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if text and str(raw).strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be true or false")
+    if kind in (int, float):
+        value: Any = None
+        if text and isinstance(raw, str):
+            try:
+                value = int(raw.strip().replace("_", "")) if kind is int else float(raw)
+            except ValueError:
+                value = None
+        elif not isinstance(raw, bool) and isinstance(raw, int):
+            value = raw if kind is int else float(raw)
+        elif kind is float and isinstance(raw, float):
+            value = raw
+        low, high = _bounds(name, kind)
+        if value is None or not (low <= value <= high) or (kind is float and not math.isfinite(value)) or (
+            name in POSITIVE and value <= 0
+        ):
+            raise ValueError(f"must be {_describe_number(name, kind)}")
+        return value
+    if isinstance(raw, Path) and kind is Path:
+        return raw
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    if kind is Path:
+        return Path(raw).expanduser()
+    choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else CHOICES.get(name)
+    if choices:
+        match = next((c for c in choices if str(c).lower() == raw.strip().lower()), None)
+        if match is None:
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+        return match
+    if raw and (name in URL_SCHEMES or name.endswith("_url")):
+        _check_url(name, raw)
+    if raw and name == "trusted_proxies":
+        _check_networks(raw)
+    return raw
+
+
+def _check_url(name: str, url: str) -> None:
+    scheme, sep, rest = url.partition("://")
+    allowed = URL_SCHEMES.get(name)
+    if not sep or not rest or (allowed and scheme.lower() not in allowed) or not re.fullmatch(r"[A-Za-z][\w+.-]*", scheme):
+        if allowed:
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in allowed)}")
+        raise ValueError("must be a URL (scheme://…)")
+
+
+def _check_networks(text: str) -> None:
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            if part:
+                ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(f"must be comma-separated IP addresses or networks ({part!r} is neither)") from None
+
+
+def suggest(name: str, known: Any) -> str:
+    """` (did you mean 'x'?)` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("models", "config_file")}
+_SCALAR_FIELDS = _FIELDS  # the name other modules knew
+_HINTS = typing.get_type_hints(Settings)
+_DEFAULTS = Settings()
+_KINDS = {name: _kind(_HINTS.get(name), getattr(_DEFAULTS, name)) for name in _FIELDS}
+
+
+def _setting(where: str, label: str, name: str, raw: Any, *, text: bool) -> Any:
     try:
-        if isinstance(like, bool):
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(like, int):
-            return int(raw)
-        if isinstance(like, float):
-            return float(raw)
-        if isinstance(like, Path):
-            return Path(str(raw)).expanduser()
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {name!r}: cannot use {raw!r} (expected {type(like).__name__})") from None
+        return check_value(name, raw, _KINDS[name], getattr(_DEFAULTS, name), text=text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}{label} = {shown(name, raw)}: {exc}") from None
+
+
+# ============================================================================ the model catalog
+
+_MODEL_HINTS = typing.get_type_hints(ModelConfig)
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"options"}
+
+
+def _model_value(name: str, raw: Any) -> Any:
+    kind = _kind(_MODEL_HINTS[name], None)
+    if name in ("context_window", "max_output"):
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= MAX_INT:
+            raise ValueError("must be a positive integer")
+        return raw
+    if name == "engine":
+        if raw not in ENGINES:
+            raise ValueError(f"must be one of {', '.join(ENGINES)}")
+        return raw
+    if name == "id" and (not isinstance(raw, str) or not raw.strip() or len(raw) > 256):
+        raise ValueError("must be a non-empty string of at most 256 characters")
+    return check_value(name, raw, kind, None, text=False)
 
 
 def _parse_model(entry: Any, where: str) -> ModelConfig:
+    """One `[[models]]` table; `where` names it in errors (file and index)."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: each [[models]] entry must be a table")
     for required in ("id", "engine"):
-        if not isinstance(entry.get(required), str) or not entry[required]:
-            raise ConfigError(f"{where}: a model needs a non-empty string {required!r}")
-    known = {k: v for k, v in entry.items() if k in _MODEL_KEYS}
-    options = {k: v for k, v in entry.items() if k not in _MODEL_KEYS}
-    if entry["engine"] == "embedded":
+        if required not in entry:
+            raise ConfigError(f"{where}: a model needs {required!r} ({'a non-empty string' if required == 'id' else 'one of ' + ', '.join(ENGINES)})")
+    label = f"{where} {entry['id']!r}" if isinstance(entry["id"], str) else where
+    known: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in _MODEL_FIELDS:
+            try:
+                known[key] = _model_value(key, value)
+            except ValueError as exc:
+                raise ConfigError(f"{label}: {key} = {shown(key, value)}: {exc}") from None
+    options = {k: v for k, v in entry.items() if k not in _MODEL_FIELDS}
+    if known["engine"] == "embedded":
         known.setdefault("context_window", EMBEDDED_CONTEXT)
         known.setdefault("max_output", known["context_window"])
     else:
         known.setdefault("context_window", 131072)
         known.setdefault("max_output", min(32768, known["context_window"]))
-    for key in ("context_window", "max_output"):
-        if not isinstance(known[key], int) or known[key] <= 0:
-            raise ConfigError(f"{where}: model {entry['id']!r}: {key} must be a positive integer")
+    if known["max_output"] > known["context_window"]:
+        raise ConfigError(
+            f"{label}: max_output = {known['max_output']}: must be at most the context_window ({known['context_window']})"
+        )
     return ModelConfig(**known, options=options)
+
+
+# ============================================================================ loading
 
 
 def load_settings(config_file: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from defaults, an optional TOML file, the environment, then explicit overrides.
 
     The file is `config_file`, else `$LONGCAT_CONFIG`, else `<data_dir>/config.toml` when it exists.
+    Anything that cannot be used raises `ConfigError` with one line naming the setting, the value
+    and what is allowed. Engine options are checked by the catalog (`engines.catalog.check`).
     """
     env = dict(os.environ if env is None else env)
     settings = Settings()
@@ -228,39 +439,52 @@ def load_settings(config_file: str | Path | None = None, env: dict[str, str] | N
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: cannot be read ({exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         settings.config_file = path
 
+    where = f"{path}: "
     for key, value in data.items():
         if key == "models":
             if not isinstance(value, list):
-                raise ConfigError(f"{path}: 'models' must be an array of tables ([[models]])")
-            settings.models = [_parse_model(e, str(path)) for e in value]
-        elif key in _SCALAR_FIELDS:
-            setattr(settings, key, _coerce(key, value, getattr(settings, key)))
+                raise ConfigError(f"{where}models must be an array of tables ([[models]])")
+            settings.models = [_parse_model(e, f"{path}: models[{i}]") for i, e in enumerate(value)]
+        elif key in _FIELDS:
+            setattr(settings, key, _setting(where, key, key, value, text=False))
         else:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
+            raise ConfigError(f"{where}unknown setting {key!r}{suggest(key, [*_FIELDS, 'models'])}")
 
-    for name in _SCALAR_FIELDS:
+    for name in _FIELDS:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
-            setattr(settings, name, _coerce(ENV_PREFIX + name.upper(), raw, getattr(settings, name)))
+            setattr(settings, name, _setting("", ENV_PREFIX + name.upper(), name, raw, text=True))
 
     for name, value in overrides.items():
         if value is None:
             continue
-        if name not in _SCALAR_FIELDS:
-            raise ConfigError(f"unknown setting {name!r}")
-        setattr(settings, name, _coerce(name, value, getattr(settings, name)))
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}{suggest(name, _FIELDS)}")
+        setattr(settings, name, _setting("", name, name, value, text=isinstance(value, str) and _KINDS[name] is not str))
 
-    if settings.workers < 1:
-        raise ConfigError(f"setting 'workers': {settings.workers} is not a number of processes (1 or more)")
-    if settings.responses_ttl_days < 0:
-        raise ConfigError("setting 'responses_ttl_days': must be 0 (keep forever) or a number of days")
-    if settings.registration not in ("open", "invite", "closed"):
-        raise ConfigError(f"setting 'registration': {settings.registration!r} is not one of open, invite, closed")
-    ids = [m.id for m in settings.models]
-    if len(ids) != len(set(ids)):
-        raise ConfigError("model ids in the catalog must be unique")
+    seen: set[str] = set()
+    for model in settings.models:
+        if model.id in seen:
+            raise ConfigError(f"model id {model.id!r} appears twice: model ids in the catalog must be unique")
+        seen.add(model.id)
     return settings
+
+
+def unknown_env(env: dict[str, str]) -> list[str]:
+    """`LONGCAT_*` variables that are no setting but look like one (likely typos), with advice.
+    Others (`LONGCAT_API_KEY` for clients…) are not the server's business."""
+    names = {n.upper() for n in _FIELDS} | {"CONFIG"}
+    notes = []
+    for var in sorted(env):
+        name = var[len(ENV_PREFIX):]
+        if var.startswith(ENV_PREFIX) and name not in names:
+            close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
+            if close:
+                notes.append(f"{var} is not a setting (did you mean {ENV_PREFIX + close[0]!r}?)")
+    return notes

@@ -30,7 +30,8 @@ MAX_DEFAULT_CONNECTIONS = 10_000
 MAX_HEADER_BYTES = 64 * 1024
 
 def _plain(status: bytes, text: bytes) -> bytes:
-    head = b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+    head = (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\nx-content-type-options: nosniff\r\n"
+            b"connection: close\r\n")
     return head + b"content-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.browser import axe_violations, chromium, require_chromium
+from tests.support.browser import axe_violations, chromium, no_csp_violations, require_chromium, watch_csp
 from tests.support.console import admin_password, start_console_server, unique_email
 
-pytestmark = pytest.mark.browser
+# No page of these tests may report a Content-Security-Policy violation.
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures(no_csp_violations.__name__)]
 playwright_api = pytest.importorskip("playwright.sync_api")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
@@ -35,11 +36,11 @@ def server(tmp_path_factory):
 def browser():
     yield from chromium()
 
-
 def new_page(browser, server, *, lang: str = "en", theme: str = "light", width: int = 1280):
     ctx = browser.new_context(viewport={"width": width, "height": 900}, color_scheme="dark" if theme == "dark" else "light",
                               locale="zh-CN" if lang == "zh_CN" else "en-US")
     ctx.add_cookies([{"name": "lc_lang", "value": lang, "url": server.base_url}, {"name": "lc_theme", "value": theme, "url": server.base_url}])
+    watch_csp(ctx)
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base_url)
     page = ctx.new_page()
     page.set_default_timeout(15_000)
@@ -52,6 +53,23 @@ def sign_in(page, server, email: str, password: str) -> None:
     page.locator("#f-password").fill(password)
     page.locator("form.stack button[type=submit]").click()
     page.wait_for_url(re.compile(r"/keys"))
+
+
+def test_the_csp_refuses_inline_script_and_the_watch_reports_it(browser, server, no_csp_violations):
+    """The control for every other test here: an inline script is refused, and reported."""
+    page = new_page(browser, server)
+    page.goto(server.base_url + "/login")
+    assert no_csp_violations == []
+    page.evaluate("""() => { const s = document.createElement('script'); s.textContent = 'window.__inline = 1';
+                             document.head.appendChild(s); }""")
+    for _ in range(50):  # the console event arrives asynchronously
+        if no_csp_violations:
+            break
+        page.wait_for_timeout(100)
+    assert page.evaluate("window.__inline") is None
+    assert any("script-src" in r for r in no_csp_violations), no_csp_violations
+    no_csp_violations.clear()
+    page.context.close()
 
 
 def test_newcomer_journey(browser, server):

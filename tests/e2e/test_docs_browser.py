@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from longcat.docs import site
-from tests.support.browser import axe_violations, chromium, require_chromium
+from tests.support.browser import axe_violations, chromium, no_csp_violations, require_chromium, watch_csp
 from tests.support.console import signed_in, start_console_server
 
-pytestmark = pytest.mark.browser
+# No page of these tests may report a Content-Security-Policy violation.
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures(no_csp_violations.__name__)]
 pytest.importorskip("playwright.sync_api")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots" / "docs"
 
@@ -31,10 +32,10 @@ def server(tmp_path_factory):
 def browser():
     yield from chromium()
 
-
 def new_page(browser, server, *, theme: str = "light", width: int = 1280, cookies=()):
     ctx = browser.new_context(viewport={"width": width, "height": 900}, color_scheme="dark" if theme == "dark" else "light")
     ctx.add_cookies([{"name": "lc_theme", "value": theme, "url": server.base_url}, *cookies])
+    watch_csp(ctx)
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base_url)
     page = ctx.new_page()
     page.set_default_timeout(15_000)

@@ -106,10 +106,10 @@ def test_refused_in_one_line_without_redis_or_with_the_embedded_engine(tmp_path)
     embedded = write_config(tmp_path / "embedded.toml", '[[models]]\nid = "LongCat-2.0-Preview"\nengine = "embedded"\n')
     port = str(free_port())
     cases = (
-        (mock, {}, "2", "longcat: workers = 2 needs redis_url: without Redis each process counts rate limits"),
+        (mock, {}, "2", "error: workers = 2 needs redis_url: without Redis each process counts rate limits"),
         (embedded, {"LONGCAT_REDIS_URL": "redis://127.0.0.1:6379/0"}, "2",
-         "longcat: workers = 2 cannot serve the embedded model 'LongCat-2.0-Preview'"),
-        (mock, {}, "0", "longcat: setting 'workers': 0 is not a number of processes"),
+         "error: workers = 2 cannot serve the embedded model 'LongCat-2.0-Preview'"),
+        (mock, {}, "0", "error: workers = 0: must be an integer from 1 to 256"),
     )
     for config, env, n, words in cases:
         result = cli(tmp_path / "data", "serve", "--workers", n, "--port", port, config=config, check=False, env=env)

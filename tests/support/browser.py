@@ -43,3 +43,33 @@ def axe_violations(page) -> list[dict]:
     result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
     return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:3]} for v in result
             if v["impact"] in ("serious", "critical")]
+
+
+# Content-Security-Policy violations, as pages report them: Chromium logs a refusal to the console,
+# and the page's `securitypolicyviolation` event (listened to by an init script, which CSP does not
+# govern) logs one line more with the directive and the source. Tests assert the list stays empty.
+CSP_REPORTS: list[str] = []
+_CSP_LISTENER = """
+document.addEventListener('securitypolicyviolation', (e) => console.error(
+  'CSP violation: ' + e.effectiveDirective + ' blocked ' + (e.blockedURI || 'inline') + ' at ' +
+  (e.sourceFile || document.location.href) + ':' + e.lineNumber));
+"""
+
+
+def watch_csp(context) -> None:
+    """Record every CSP violation of the pages of this browser context in `CSP_REPORTS`."""
+    context.add_init_script(_CSP_LISTENER)
+
+    def on_console(message) -> None:
+        if message.text.startswith("CSP violation") or "Content Security Policy" in message.text:
+            CSP_REPORTS.append(f"{message.location.get('url', '?')}: {message.text}")
+
+    context.on("console", on_console)
+
+
+@pytest.fixture
+def no_csp_violations():
+    """Every page a test visits runs under the CSP without one refusal (autouse in the modules)."""
+    CSP_REPORTS.clear()
+    yield CSP_REPORTS
+    assert CSP_REPORTS == [], CSP_REPORTS

@@ -1,5 +1,5 @@
 """The plumbing every console route shares: who is asking, which language and theme, CSRF,
-bounded form and JSON bodies, rendering, cookies and security headers.
+bounded form and JSON bodies, rendering and cookies.
 
 Pages: `@page(auth=…)` resolves the session, redirects anonymous visitors to /login, answers
 403 to non-admins on admin pages, and refuses any POST without the browser's CSRF token.
@@ -35,18 +35,9 @@ log = logging.getLogger("longcat.console")
 MAX_FORM_BYTES = 256 * 1024
 THEMES = ("system", "light", "dark")
 THEME_COOKIE = "lc_theme"
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-    # Console pages hold account data (and once, a new key): never kept by the browser or a proxy.
-    "Cache-Control": "no-store",
-}
+# The security headers (CSP, frame denial…) are the app's, for every response (httpkit.SecurityHeaders).
+# Console pages hold account data (and once, a new key): never kept by the browser or a proxy.
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def console(request: Request) -> Console:
@@ -182,13 +173,13 @@ class Ctx:
             static=lambda p: f"/static/{p}?v={self.c.static_version}", settings=self.c.settings,
             base_url=base_url(self.request), **data,
         )
-        response = HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+        response = HTMLResponse(html, status_code=status, headers={**NO_STORE, **(headers or {})})
         return self.finish(response)
 
     def redirect(self, url: str, status: int = 303) -> Response:
-        response = RedirectResponse(url, status_code=status, headers=SECURITY_HEADERS)
+        response = RedirectResponse(url, status_code=status, headers=NO_STORE)
         if self.request.headers.get("hx-request"):
-            response = Response(status_code=204, headers={**SECURITY_HEADERS, "HX-Redirect": url})
+            response = Response(status_code=204, headers={**NO_STORE, "HX-Redirect": url})
         return self.finish(response)
 
     def finish(self, response: Response) -> Response:

@@ -23,11 +23,7 @@ from longcat.gateway.principal import SESSION_COOKIE, from_session
 from longcat.httpkit import ImmutableStaticFiles
 
 HERE = Path(__file__).parent
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+# The security headers (CSP, frame denial…) are the app's, on every response (httpkit.SecurityHeaders).
 THEMES = ("system", "light", "dark")
 
 UI = {
@@ -130,7 +126,7 @@ def _page_html(request: Request, lang: str, *, slug: str | None, title: str, bod
         logo=_console_static(request, "logo.svg"),
     )
     private = principal is not None
-    headers = {**HEADERS, "Cache-Control": "private, no-store" if private else "no-cache", "Vary": "Host, Cookie"}
+    headers = {"Cache-Control": "private, no-store" if private else "no-cache", "Vary": "Host, Cookie"}
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
@@ -150,13 +146,13 @@ async def page(request: Request) -> Response:
     slug = name[:-3] if as_markdown else name
     if slug not in site.SLUGS:
         if as_markdown:
-            return PlainTextResponse("No such page.\n", status_code=404, headers=HEADERS)
+            return PlainTextResponse("No such page.\n", status_code=404)
         return _not_found(request, lang)
     facts, principal, names, picked = await _facts(request)
     ui = UI[lang]
     rendered = site.render(slug, lang, facts, ui["copy"], ui["copied"])
     if as_markdown:
-        headers = {**HEADERS, "Cache-Control": "private, no-store" if principal else "no-cache", "Vary": "Host, Cookie"}
+        headers = {"Cache-Control": "private, no-store" if principal else "no-cache", "Vary": "Host, Cookie"}
         return Response(rendered.markdown, media_type="text/markdown; charset=utf-8", headers=headers)
     return _page_html(request, lang, slug=slug, title=rendered.title, body=rendered.html, principal=principal,
                       names=names, picked=picked, headings=rendered.headings)
@@ -191,7 +187,7 @@ async def llms_txt(request: Request) -> Response:
         for slug in site.SLUGS:
             lines.append(f"- [{site.title(slug, lang)}]({base}{site.page_url(slug, lang, md=True)})")
         lines.append("")
-    return PlainTextResponse("\n".join(lines), headers={**HEADERS, "Cache-Control": "no-cache", "Vary": "Host"})
+    return PlainTextResponse("\n".join(lines), headers={"Cache-Control": "no-cache", "Vary": "Host"})
 
 
 async def redirect(request: Request) -> Response:

@@ -36,6 +36,38 @@ def build_engine(model: ModelConfig, settings: Settings) -> Engine:
     )
 
 
+def check_options(model: ModelConfig, env: dict[str, str] | None = None) -> None:
+    """Check a catalog entry's engine options the way its engine will, building nothing."""
+    if model.engine == "embedded":
+        from longcat.engines.embedded import parse_options as embedded
+
+        embedded(model)
+    elif model.engine == "mock":
+        from longcat.engines.mock import parse_options as mock
+
+        mock(model)
+    elif model.engine == "openai_compat":
+        from longcat.engines.openai_compat import parse_options as openai_compat
+
+        openai_compat(model, env)
+    elif model.engine == "anthropic_compat":
+        from longcat.engines.anthropic_compat import parse_options as anthropic_compat
+
+        anthropic_compat(model, env)
+    else:
+        build_engine(model, Settings())  # raises the unknown-engine error
+
+
+def check(settings: Settings, env: dict[str, str] | None = None) -> None:
+    """Every model's engine options, checked; the error names the config file it came from."""
+    for model in settings.models:
+        try:
+            check_options(model, env)
+        except ConfigError as exc:
+            where = f"{settings.config_file}: " if settings.config_file else ""
+            raise ConfigError(f"{where}{exc}") from None
+
+
 class Catalog:
     def __init__(self, settings: Settings) -> None:
         self.models: dict[str, ModelConfig] = {m.id: m for m in settings.models}

@@ -64,9 +64,11 @@ from longcat.canonical import (
     Usage,
     new_tool_call_id,
 )
-from longcat.config import ModelConfig
+from longcat.config import ConfigError, ModelConfig
 from longcat.engines.base import CallContext, Engine, StopMatcher, context_exceeded
 from longcat.engines.gguf import read_facts
+from longcat.engines.options import number, reject_unknown
+from longcat.engines.options import text as text_option
 from longcat.engines.scheduler import FairScheduler
 from longcat.engines.schema_limits import schema_problem
 from longcat.engines.slots import SlotTable
@@ -206,21 +208,52 @@ class _Tokenizer:
             conn.close()
 
 
+OPTION_KEYS = frozenset({
+    "model_path", "weights_name", "threads", "slots", "batch", "default_temperature", "structured_temperature",
+    "repeat_penalty",
+})
+
+
+def parse_options(model: ModelConfig) -> dict[str, Any]:
+    """Check an embedded model's options (and that its weights file exists); raises `ConfigError`."""
+    reject_unknown(model, "embedded", OPTION_KEYS)
+    path = text_option(model, "model_path", None)
+    model_path = Path(path).expanduser() if path else None
+    if model_path is not None and not model_path.is_file():
+        raise ConfigError(f"model {model.id!r}: model_path = {str(model_path)!r}: must be an existing GGUF file")
+    if model_path is None:
+        try:
+            bundled_model_path()
+        except RuntimeError as exc:
+            raise ConfigError(f"model {model.id!r}: {exc}") from None
+    return {
+        "model_path": model_path,
+        "weights_name": text_option(model, "weights_name", None),
+        # 0: the engine's default (all cores; four slots per core, at most 8).
+        "threads": number(model, "threads", 0, integer=True, maximum=1024),
+        "slots": number(model, "slots", 0, integer=True, maximum=256),
+        "batch": number(model, "batch", DEFAULT_BATCH, integer=True, minimum=1, maximum=65536),
+        "default_temperature": number(model, "default_temperature", 0.7, maximum=2),
+        "structured_temperature": number(model, "structured_temperature", 0.2, maximum=2),
+        "repeat_penalty": number(model, "repeat_penalty", 1.1, positive=True, maximum=10),
+    }
+
+
 class EmbeddedEngine(Engine):
     kind = "embedded"
 
     def __init__(self, model: ModelConfig, *, threads: int = 0, queue_limit: int = 64, slots: int = 0) -> None:
         super().__init__(model)
-        opts = model.options
-        path = opts.get("model_path")
-        self.model_path = Path(path).expanduser() if path else bundled_model_path()
-        self.weights_name = opts.get("weights_name") or (BUNDLED_NAME if not path else self.model_path.name)
-        self.threads = int(opts.get("threads") or threads or os.cpu_count() or 1)
-        self.slots = int(opts.get("slots") or slots or default_slots())
-        self.batch = int(opts.get("batch") or DEFAULT_BATCH)
-        self.default_temperature = float(opts.get("default_temperature", 0.7))
-        self.structured_temperature = float(opts.get("structured_temperature", 0.2))
-        self.repeat_penalty = float(opts.get("repeat_penalty", 1.1))
+        opts = parse_options(model)
+        path = opts["model_path"]
+        self.model_path = path or bundled_model_path()
+        self.weights_name = opts["weights_name"] or (BUNDLED_NAME if not path else self.model_path.name)
+        self.threads = int(opts["threads"] or threads or os.cpu_count() or 1)
+        self.slots = int(opts["slots"] or slots or default_slots())
+        self.batch = int(opts["batch"] or DEFAULT_BATCH)
+        self.default_temperature = opts["default_temperature"]
+        self.structured_temperature = opts["structured_temperature"]
+        self.repeat_penalty = opts["repeat_penalty"]
         # All slots busy: requests wait their turn round-robin across accounts. One account may
         # hold half the queue: it cannot turn every other account away.
         self.scheduler = FairScheduler(

@@ -49,6 +49,7 @@ from longcat.canonical import (
 )
 from longcat.config import ConfigError, ModelConfig
 from longcat.engines.base import CallContext, Engine, StopMatcher
+from longcat.engines.options import number, reject_unknown
 
 _PIECE = re.compile(r"\s*\w+|\s*[^\w\s]|\s+$")
 
@@ -62,21 +63,45 @@ def count_text_tokens(text: str) -> int:
     return len(pieces(text))
 
 
+OPTION_KEYS = frozenset({"script", "token_delay", "first_token_delay", "count_delay", "thinking", "fail_after_tokens"})
+
+
+def parse_options(model: ModelConfig) -> dict[str, Any]:
+    """Check a mock model's options; raises `ConfigError` naming the model and the option."""
+    reject_unknown(model, "mock", OPTION_KEYS)
+    script = model.options.get("script") or []
+    if not isinstance(script, list):
+        raise ConfigError(f"model {model.id!r}: script must be an array of steps ({{ text = … }} or {{ tool = … }})")
+    for i, step in enumerate(script):
+        if not isinstance(step, dict) or not ({"text", "tool", "tool_calls"} & step.keys()):
+            raise ConfigError(f"model {model.id!r}: script step {i} needs 'text', 'tool' or 'tool_calls'")
+        calls = step.get("tool_calls", [])
+        if not isinstance(calls, list) or not all(isinstance(c, dict) and "name" in c for c in calls):
+            raise ConfigError(f"model {model.id!r}: script step {i}: tool_calls must be an array of {{ name = …, arguments = … }}")
+    delays = {name: number(model, name, 0.0) for name in ("token_delay", "first_token_delay", "count_delay")}
+    thinking = model.options.get("thinking")
+    if thinking is not None and not isinstance(thinking, str):
+        raise ConfigError(f"model {model.id!r}: thinking must be a string (the reasoning text)")
+    return {
+        "script": list(script),
+        **delays,
+        "thinking": thinking,
+        "fail_after_tokens": number(model, "fail_after_tokens", None, integer=True),
+    }
+
+
 class MockEngine(Engine):
     kind = "mock"
 
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
-        opts = model.options
-        self.script: list[dict[str, Any]] = list(opts.get("script") or [])
-        for i, step in enumerate(self.script):
-            if not isinstance(step, dict) or not ({"text", "tool", "tool_calls"} & step.keys()):
-                raise ConfigError(f"model {model.id!r}: script step {i} needs 'text', 'tool' or 'tool_calls'")
-        self.token_delay = float(opts.get("token_delay", 0.0))
-        self.first_token_delay = float(opts.get("first_token_delay", 0.0))
-        self.thinking = opts.get("thinking")
-        self.fail_after = opts.get("fail_after_tokens")
-        self.count_delay = float(opts.get("count_delay", 0.0))
+        opts = parse_options(model)
+        self.script: list[dict[str, Any]] = opts["script"]
+        self.token_delay = opts["token_delay"]
+        self.first_token_delay = opts["first_token_delay"]
+        self.thinking = opts["thinking"]
+        self.fail_after = opts["fail_after_tokens"]
+        self.count_delay = opts["count_delay"]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -43,6 +43,7 @@ from longcat.canonical import (
 from longcat.config import ConfigError, ModelConfig
 from longcat.engines import http1
 from longcat.engines.base import CallContext, Engine
+from longcat.engines.options import reject_unknown
 from longcat.engines.replicas import BUSY, FAILED, LEFT, OK, Lease, Replica, ReplicaSet, ReplicaStats
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -131,9 +132,7 @@ def parse_common(
     Raises `ConfigError` naming the model and the option; unknown keys (not in `known`) too."""
     opts = model.options
     where = f"model {model.id!r}"
-    unknown = sorted(set(opts) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)} for engine {engine!r} (known: {', '.join(sorted(known))})")
+    reject_unknown(model, engine, known)
 
     if ("base_url" in opts) == ("base_urls" in opts):
         raise ConfigError(f"{where}: give exactly one of 'base_url' or 'base_urls'")
