@@ -363,7 +363,7 @@ def test_the_least_busy_replica_is_chosen_and_no_count_leaks(front, oai, claude,
         assert [ask(clients, flavour, model, max_tokens=2)[0] for _ in range(3)] == [idle + " tok"] * 3
     # The client left: the front closes the upstream reply and gives the replica back.
     none_in_flight(front, model)
-    wait_for(lambda: a.left + b.left == left_before + 1, "the upstream reply was not closed")
+    wait_for(lambda: a.left + b.left == left_before + 1, "the upstream reply was not closed", timeout=10)
     row = record(front, request_id)
     assert row["status"] == "client_closed" and 1 <= row["output_tokens"] < 400, row
     assert busy in first
