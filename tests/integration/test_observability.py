@@ -179,6 +179,20 @@ def test_refused_requests_each_leave_an_access_line_and_a_count(server):
     assert "no-such-model" not in after and "observer@example.com" not in after
 
 
+def test_a_spent_quota_is_a_403_line_and_a_count(server):
+    key = server.new_key("spent@example.com", name="spent")
+    server.cli("users", "set-quota", "spent@example.com", "1")
+    before = scrape(server)
+    r = post_chat(server, key, {"model": "mock-echo", "messages": [{"role": "user", "content": "hello again"}]})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_quota", r.text
+    line = line_for(server, r.headers["x-request-id"])
+    assert (line["status"], line["error"], line["model"]) == (403, "insufficient_quota", "mock-echo")
+    assert "outcome" not in line and "input_tokens" not in line  # admitted, but refused before the engine ran
+    after = scrape(server)
+    assert value(after, "longcat_quota_refused_total") - value(before, "longcat_quota_refused_total") == 1
+    assert value(after, "longcat_inflight_requests", model="mock-echo") == 0
+
+
 def test_unmatched_paths_are_one_bounded_label(server):
     before = scrape(server)
     for i in range(3):

@@ -231,19 +231,22 @@ def request_done(
     endpoint: str, model: str, status: int, seconds: float, ttft: float | None, tokens: tuple[int, int, int] | None
 ) -> None:
     """One answered request; `tokens` is (input, output, cached) when an engine ran."""
-    REQUESTS.labels(endpoint, model, _status(status)).inc()
-    DURATION.labels(endpoint, model).observe(seconds)
+    requests, duration, first_token, token_kinds = _children(endpoint, model, status)
+    requests.inc()
+    duration.observe(seconds)
     if ttft is not None:
-        TTFT.labels(endpoint, model).observe(ttft)
+        first_token.observe(ttft)
     if tokens is not None:
-        for kind, n in zip(("input", "output", "cached"), tokens, strict=True):
+        for counter, n in zip(token_kinds, tokens, strict=True):
             if n:
-                TOKENS.labels(model, kind).inc(n)
+                counter.inc(n)
 
 
-@functools.cache
-def _status(status: int) -> str:
-    return str(status)
+@functools.lru_cache(maxsize=4096)
+def _children(endpoint: str, model: str, status: int) -> tuple[Any, Any, Any, tuple[Any, Any, Any]]:
+    """The labelled series one kind of request counts in, looked up once (labels are bounded)."""
+    kinds = tuple(TOKENS.labels(model, kind) for kind in ("input", "output", "cached"))
+    return REQUESTS.labels(endpoint, model, str(status)), DURATION.labels(endpoint, model), TTFT.labels(endpoint, model), kinds
 
 
 def inflight(model: str, delta: int) -> None:
