@@ -48,7 +48,7 @@ def _record(msg: str, *args, fields=None, exc_info=None, name="longcat.test") ->
 
 
 def _access(rid: str) -> Access:
-    return Access(request_id=rid, internal_id=rid, method="POST", path="/x", client="127.0.0.1", started=0.0)
+    return Access(request_id=rid, internal_id=rid, method="POST", client="127.0.0.1", started=0.0)
 
 
 def test_json_lines_name_the_request_they_were_logged_in():

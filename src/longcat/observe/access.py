@@ -46,7 +46,6 @@ class Access:
     request_id: str  # what the client got in x-request-id
     internal_id: str  # the id of the gateway's records (leases, usage): always the server's own
     method: str
-    path: str
     client: str
     started: float  # time.perf_counter() at arrival
     endpoint: str = metrics.UNMATCHED  # the route template

@@ -63,7 +63,6 @@ class AccessMiddleware:
             request_id=request_id_from(incoming) or internal,
             internal_id=internal,
             method=scope["method"],
-            path=scope["path"],
             client=host,
             started=time.perf_counter(),
         )
