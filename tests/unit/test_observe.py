@@ -175,3 +175,54 @@ def test_request_done_counts_with_bounded_labels(status):
     before = metrics.REQUESTS.labels("/t", "m", str(status))._value.get()
     metrics.request_done("/t", "m", status, 0.01, 0.005, (10, 3, 4))
     assert metrics.REQUESTS.labels("/t", "m", str(status))._value.get() == before + 1
+
+
+_WORKER = """
+import asyncio, sys
+from types import SimpleNamespace
+from longcat.observe import metrics
+
+class Engine:
+    def occupancy(self):
+        return 3, 2
+    def replica_stats(self):
+        return [SimpleNamespace(replica="10.0.0.5:8001", inflight=4, healthy=True, circuit_open=False)]
+
+metrics.watch({"big": Engine()})
+metrics.request_done("/openai/v1/chat/completions", "big", 200, 0.05, 0.01, (7, 2, 0))
+metrics.inflight("big", 1)
+
+async def one_tick():
+    task = asyncio.create_task(metrics.sample_forever(interval=60))
+    await asyncio.sleep(0.05)
+    task.cancel()
+
+asyncio.run(one_tick())
+sys.stdout.write(metrics.render().decode())
+"""
+
+
+def test_two_processes_sharing_a_multiprocess_dir_add_up(tmp_path):
+    """Two workers (prometheus-client's multiprocess mode): counters and live gauges add up, and
+    a worker reported dead no longer counts in the live ones."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", _WORKER], env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    text = runs[1].stdout
+    assert 'longcat_requests_total{endpoint="/openai/v1/chat/completions",model="big",status="200"} 2.0' in text
+    assert 'longcat_tokens_total{kind="input",model="big"} 14.0' in text
+    assert 'longcat_inflight_requests{model="big"} 2.0' in text
+    assert 'longcat_engine_queue_depth{model="big"} 6.0' in text
+    assert 'longcat_upstream_inflight{model="big",replica="10.0.0.5:8001"} 8.0' in text
+    assert 'longcat_upstream_healthy{model="big",replica="10.0.0.5:8001"} 1.0' in text
+    assert "process_resident_memory_bytes" not in text  # one worker's figures would mislead
+    pids = {p.name.rsplit("_", 1)[-1].split(".")[0] for p in tmp_path.glob("gauge_livesum_*.db")}
+    assert len(pids) == 2
+    render = "from longcat.observe import metrics; import sys; metrics.worker_exited(int(sys.argv[1])); print(metrics.render().decode())"
+    after = subprocess.run([sys.executable, "-c", render, sorted(pids)[0]], env=env, capture_output=True, text=True, timeout=60)
+    assert 'longcat_inflight_requests{model="big"} 1.0' in after.stdout, after.stderr
+    assert 'longcat_requests_total{endpoint="/openai/v1/chat/completions",model="big",status="200"} 2.0' in after.stdout
