@@ -6,7 +6,6 @@ import hashlib
 import json
 import re
 import time
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -20,6 +19,7 @@ from tests.support.server import (
     Server,
     access_lines,
     free_port,
+    scale_out_backend,
     write_config,
 )
 
@@ -371,29 +371,32 @@ def test_readyz_turns_503_while_draining(tmp_path):
 # ------------------------------------------------------------------------------ several workers
 
 
-def test_workers_sharing_a_multiprocess_dir_report_together(tmp_path):
-    """Two server processes with one PROMETHEUS_MULTIPROC_DIR (what `serve --workers` sets up):
-    a scrape of either counts the requests both served."""
-    shared = tmp_path / "prom"
-    shared.mkdir()
-    config = write_config(tmp_path / "config.toml", f'metrics_token = "{METRICS_TOKEN}"\n' + MOCK_CATALOG)
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
-    one = Server(tmp_path, config, free_port(), env=env).start()
-    two = Server(tmp_path, config, free_port(), env=env)
-    try:
-        two.start()
-        key = one.new_key("workers@example.com")
-        hello = {"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]}
-        for srv, n in ((one, 2), (two, 3)):
-            for _ in range(n):
-                assert post_chat(srv, key, hello).status_code == 200
-        for srv in (one, two):
-            text = scrape(srv)
-            assert value(text, "longcat_requests_total", endpoint=CHAT, model="mock-echo", status="200") == 5
-            assert value(text, "longcat_tokens_total", model="mock-echo", kind="output") == 5
-            assert value(text, "longcat_request_duration_seconds_count", endpoint=CHAT, model="mock-echo") == 5
-            assert value(text, "longcat_inflight_requests", model="mock-echo") == 0
-        assert len(list(Path(shared).glob("*.db"))) >= 2
-    finally:
-        two.stop()
-        one.stop()
+def test_workers_report_together(tmp_path):
+    """`longcat serve --workers 2` (PostgreSQL + Redis, one PROMETHEUS_MULTIPROC_DIR for both): a
+    scrape, whichever worker answers it, counts the requests every worker served, and the
+    metrics port is served once for all."""
+    config = write_config(tmp_path / "config.toml", f'metrics_token = "{METRICS_TOKEN}"\nmetrics_port = {free_port()}\n' + MOCK_CATALOG)
+    with scale_out_backend("observe_workers") as backend:
+        srv = Server(tmp_path, config, free_port(), env={**backend, "LONGCAT_WORKERS": "2"}).start(timeout=120)
+        try:
+            deadline = time.monotonic() + 120
+            while "2 workers serving" not in srv.log() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            key = srv.new_key("workers@example.com")
+            hello = {"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]}
+            pids = set()
+            for _ in range(12):  # a fresh connection each: the kernel hands them to both workers
+                r = post_chat(srv, key, hello)
+                assert r.status_code == 200
+                pids.add(line_for(srv, r.headers["x-request-id"])["pid"])
+            assert len(pids) == 2, pids
+            for _ in range(4):
+                text = scrape(srv)
+                assert value(text, "longcat_requests_total", endpoint=CHAT, model="mock-echo", status="200") == 12
+                assert value(text, "longcat_tokens_total", model="mock-echo", kind="output") == 12
+                assert value(text, "longcat_inflight_requests", model="mock-echo") == 0
+            assert "served by another worker" in srv.log()
+            shared = tmp_path / "metrics-multiproc"
+            assert len(list(shared.glob("counter_*.db"))) >= 2
+        finally:
+            srv.stop()
