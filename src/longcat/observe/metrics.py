@@ -263,9 +263,9 @@ def quota_refused() -> None:
 
 
 def upstream_request(model: str, base_url: str, outcome: str) -> None:
-    """One attempt at an upstream replica (`base_url` as configured): ok (it answered, whatever
-    the status), error (it answered 5xx, or broke the exchange), retried (unreachable, the next
-    replica is tried), refused (unreachable, no replica left), timeout, busy (no free connection)."""
+    """One attempt at an upstream replica (`base_url` as configured), with the replica set's
+    outcome: ok (it answered; a 4xx about the request counts), failed (no connection, a 5xx, a
+    timeout, a reply cut short), busy (a 429), left (the client went away, or our pool was full)."""
     UPSTREAM.labels(model, replica_label(base_url), outcome).inc()
 
 
