@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,10 @@ from longcat.gateway.feedback import FeedbackDesk
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
 from longcat.httpkit import SecurityHeaders
+from longcat.observe import metrics
+from longcat.observe.access import note_error
+from longcat.observe.health import readiness
+from longcat.observe.middleware import AccessMiddleware, tag_routes
 from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.openai_errors import openai_error_body
 from longcat.store.accounts import AccountStore
@@ -42,6 +47,7 @@ log = logging.getLogger("longcat.app")
 
 def error_response(request: Request, err: ApiError) -> Response:
     """The error in the format the caller speaks, judged by the path it called."""
+    note_error(err.code)
     if request.url.path.startswith("/anthropic"):
         body = anthropic_error_body(err)
     else:
@@ -77,13 +83,40 @@ async def health(request: Request) -> Response:
 
 
 class App(Starlette):
-    """The platform's Starlette app, with the security headers outside everything, so that even
-    the answer of the last-resort error handler carries them."""
+    """The platform's Starlette app, with the access middleware and the security headers outside
+    everything, so that even the answer of the last-resort error handler is counted, logged,
+    carries its x-request-id and the security headers."""
 
     https = False
+    trusted_proxies = ""
 
     def build_middleware_stack(self):
-        return SecurityHeaders(super().build_middleware_stack(), https=self.https)
+        return AccessMiddleware(SecurityHeaders(super().build_middleware_stack(), https=self.https), self.trusted_proxies)
+
+
+async def healthz(request: Request) -> Response:
+    """The process answers (liveness): nothing else is checked."""
+    return JSONBody({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Whether this process should get traffic: 200, or 503 naming each check that failed."""
+    state = request.app.state
+    ready, body = await readiness(state.db, state.redis, state.catalog.engines, state.gateway.draining)
+    return JSONBody(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+
+async def metrics_page(request: Request) -> Response:
+    """Prometheus metrics on the main port: only with `metrics_token`, as a Bearer token."""
+    token: str = request.app.state.settings.metrics_token
+    if not token:
+        raise HTTPException(404)
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        err = ApiError("authentication", "invalid_api_key", "/metrics needs the metrics token: Authorization: Bearer <metrics_token>.")
+        return error_response(request, err)
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -97,6 +130,7 @@ def create_app(settings: Settings) -> Starlette:
     secret = settings.resolved_secret_key()
     gateway = Gateway(settings, accounts, catalog, usage, counters, clock, secret=secret)
     redis = getattr(counters, "redis", None)
+    metrics.watch(catalog.engines)
     if redis is not None:
         # Every replica forgets the keys it trusts when one of them changes a key or an account.
         async def announce() -> None:
@@ -111,19 +145,28 @@ def create_app(settings: Settings) -> Starlette:
         await gateway.start()
         follower = asyncio.create_task(follow_changes(redis, settings.redis_prefix, accounts.keys)) if redis is not None else None
         sweeper = asyncio.create_task(stored.sweep_forever(), name="responses-retention") if stored.ttl > 0 else None
+        sampler = asyncio.create_task(metrics.sample_forever(), name="metrics-sampler") if metrics.MULTIPROCESS else None
+        metrics_server = metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
         log.info("serving %d model(s): %s", len(catalog.models), ", ".join(catalog.models))
         try:
             yield
         finally:
-            for task in (follower, sweeper):
+            gateway.mark_draining()  # /readyz says so from now on
+            for task in (follower, sweeper, sampler):
                 if task is not None:
                     task.cancel()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             await gateway.close()
             await catalog.close()
             await db.dispose()
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
         *responses_routes.routes(),
         *openai_routes.routes(),
         *anthropic_routes.routes(),
@@ -131,16 +174,19 @@ def create_app(settings: Settings) -> Starlette:
         *docs_routes(),
         *console_routes(),
     ]
+    tag_routes(routes)
     app = App(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
     )
     app.https = settings.public_url.lower().startswith("https://")
+    app.trusted_proxies = settings.trusted_proxies
     app.state.settings = settings
     app.state.secret_key = secret
     app.state.signer = Signer(secret)
     app.state.db = db
+    app.state.redis = redis
     app.state.accounts = accounts
     app.state.catalog = catalog
     app.state.gateway = gateway

@@ -359,7 +359,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     check_workers(settings)
     catalog.check(settings)
-    configure_logging(settings.log_level, process_ids=settings.workers > 1)
+    configure_logging(settings.log_level, settings.log_format, process_ids=settings.workers > 1)
     _make_data_dir(settings)
     if settings.redis_url:
         asyncio.run(check_redis(settings.redis_url))
@@ -460,13 +460,12 @@ def print_banner(settings: Settings, first: tuple[str, str] | None) -> None:
     print("\n".join(lines), flush=True)
 
 
-def configure_logging(level: str, *, process_ids: bool = False) -> None:
-    """`process_ids`: each line names its process (`longcat serve --workers N`)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s" + ("[%(process)d]" if process_ids else "") + ": %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "auto", *, process_ids: bool = False) -> None:
+    """Every logger to stderr, as JSON lines or text (`log_format`; auto: text on a terminal);
+    `process_ids`: each line names its process (`longcat serve --workers N`)."""
+    from longcat.observe.logs import configure
+
+    configure(level, log_format, sys.stderr, process_ids=process_ids)
     # httpx logs every request's full URL at INFO: a line per upstream call, and an upstream URL
     # may carry credentials. Secrets never go to the logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -75,6 +75,13 @@ class Settings:
     # Empty means in-process counters (one process); a redis:// URL shares them across replicas.
     redis_url: str = ""
     log_level: str = "info"
+    # Log lines as JSON objects (one per line) or text; auto: text on a terminal, JSON otherwise.
+    log_format: str = "auto"
+    # Bearer token that unlocks /metrics on the main port; empty: /metrics there is a 404.
+    metrics_token: str = ""
+    # A separate port serving only the Prometheus metrics, without a token (0: none), and its address.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     # max_tokens when a request gives none (capped by the model's max output).
     default_max_tokens: int = 32768
     # Requests allowed to wait for one engine slot before new ones get 503 overloaded.
@@ -186,6 +193,7 @@ POSITIVE = frozenset({
 CHOICES: dict[str, tuple[str, ...]] = {
     "registration": ("open", "invite", "closed"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
+    "log_format": ("auto", "json", "text"),
 }
 # URL settings (when not empty) and the schemes each accepts; any other `*_url` needs a scheme.
 URL_SCHEMES: dict[str, tuple[str, ...]] = {

@@ -76,3 +76,13 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def client_address(peer: str, forwarded_for: str, trusted_proxies: str) -> str:
+    """The client's address: the socket's peer, or the last X-Forwarded-For entry when that peer
+    is a trusted proxy (the one address the proxy itself vouches for)."""
+    if forwarded_for and trusted_peer(peer, trusted_proxies):
+        forwarded = [p.strip() for p in forwarded_for.split(",") if p.strip()]
+        if forwarded:
+            return forwarded[-1][:64]
+    return peer[:64]

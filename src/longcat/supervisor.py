@@ -134,7 +134,7 @@ def worker_main(job: dict[str, Any]) -> None:
 
     _die_with_parent(job["parent"])
     settings: Settings = job["settings"]
-    configure_logging(settings.log_level, process_ids=True)
+    configure_logging(settings.log_level, settings.log_format, process_ids=True)
     sock = socket.socket(fileno=job["socket_fd"])
     ready_fd = job["ready_fd"]
 

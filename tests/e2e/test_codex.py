@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, Server, free_port, write_config
+from tests.support.server import REPO, Server, free_port, usage_lines, write_config
 
 CODEX = REPO / "tests" / "e2e" / "agents" / "node_modules" / ".bin" / "codex"
 ANSWER = "The command ran and wrote the marker file."
@@ -93,8 +93,8 @@ def test_codex_runs_the_scripted_command_and_answers(agent_server, tmp_path):
     assert result.stdout.strip() == ANSWER
     assert "succeeded" in result.stderr  # Codex reports the command it ran
     # Two turns went through the Responses route: the tool call, then the answer.
-    turns = [line for line in agent_server.log().splitlines() if "endpoint=responses" in line]
-    assert len(turns) == 2 and all("outcome=ok" in line for line in turns)
+    turns = [t for t in usage_lines(agent_server) if t["endpoint"].endswith("/responses")]
+    assert len(turns) == 2 and all(t["outcome"] == "ok" for t in turns)
 
 
 @pytest.mark.embedded

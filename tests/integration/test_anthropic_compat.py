@@ -243,12 +243,12 @@ def test_text_and_usage_are_the_upstreams(claude, upstream, front):
     assert message.content[0].text == "Hello there, upstream!" and message.stop_reason == "end_turn"
     assert message.model == "ac-echo"
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
-    assert (message.usage.input_tokens, message.usage.output_tokens) == (int(up["in"]), int(up["out"])) and up["outcome"] == "ok"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (int(up["input_tokens"]), int(up["output_tokens"])) and up["outcome"] == "ok"
     mine = wait_usage(front, "ac-echo", 1)[-1]
-    assert (mine["in"], mine["out"], mine["outcome"]) == (up["in"], up["out"], "ok")
+    assert (mine["input_tokens"], mine["output_tokens"], mine["outcome"]) == (up["input_tokens"], up["output_tokens"], "ok")
     # tokenize = "anthropic": what the front counts is what the upstream counts.
     counted = claude.messages.count_tokens(model="ac-echo", system="Be brief.", messages=[{"role": "user", "content": "Hello there, upstream!"}])
-    assert counted.input_tokens == int(up["in"])
+    assert counted.input_tokens == int(up["input_tokens"])
 
 
 def test_streaming_through_both_sdks(claude, oai, upstream, front):
@@ -258,15 +258,15 @@ def test_streaming_through_both_sdks(claude, oai, upstream, front):
         final = s.get_final_message()
     assert "".join(pieces) == "one two three four" and len(pieces) >= 4  # streamed, not collected
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
-    assert (final.usage.input_tokens, final.usage.output_tokens) == (int(up["in"]), int(up["out"]))
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
     mine = wait_usage(front, "ac-echo-estimated", 1)[-1]
-    assert (mine["in"], mine["out"]) == (up["in"], up["out"])  # billed by the upstream's count, not the estimate
+    assert (mine["input_tokens"], mine["output_tokens"]) == (up["input_tokens"], up["output_tokens"])  # billed by the upstream's count, not the estimate
 
     chunks = list(oai.chat.completions.create(model="ac-echo", messages=[{"role": "user", "content": "five six seven"}], stream=True,
                                               stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "five six seven"
     up = wait_usage(upstream, "mock-echo", before + 2)[-1]
-    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (int(up["in"]), int(up["out"]))
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
 
 
 def test_the_stream_the_front_sends_is_valid(front):
@@ -284,7 +284,7 @@ def test_cache_reads_are_cached_input(claude, oai, front):
     message = claude.messages.create(model="fake-plain", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (8, 40, 2)
     mine = wait_usage(front, "fake-plain", 2)[-1]
-    assert (mine["in"], mine["cached"], mine["out"]) == ("48", "40", "2")
+    assert (mine["input_tokens"], mine["cached_tokens"], mine["output_tokens"]) == (48, 40, 2)
 
 
 def test_model_detail_is_truthful_and_has_no_credentials(front, upstream):
@@ -366,7 +366,7 @@ def test_thinking_passes_through_and_replays_with_the_upstreams_signature(claude
     forgot = claude.messages.create(model="ac-thinking-forgetful", max_tokens=2000, thinking=thinking, messages=replay_turn(first))
     assert forgot.content[-1].text == "And then?"
     dropped = wait_usage(upstream, "mock-thinking", before + 2)[-1]
-    assert int(kept["in"]) - int(dropped["in"]) == MOCK_THOUGHT_TOKENS
+    assert int(kept["input_tokens"]) - int(dropped["input_tokens"]) == MOCK_THOUGHT_TOKENS
     off = claude.messages.create(model="ac-thinking", max_tokens=2000, messages=[{"role": "user", "content": "Why?"}],
                                  thinking={"type": "disabled"})
     assert [b.type for b in off.content] == ["text"]
@@ -384,7 +384,7 @@ def test_openai_reasoning_replays_with_the_upstreams_signature_too(oai, upstream
     assert r.choices[0].message.content == "More?"
     r = oai.chat.completions.create(model="ac-thinking-forgetful", messages=history)
     kept, dropped = wait_usage(upstream, "mock-thinking", before + 2)[-2:]
-    assert int(kept["in"]) - int(dropped["in"]) == MOCK_THOUGHT_TOKENS
+    assert int(kept["input_tokens"]) - int(dropped["input_tokens"]) == MOCK_THOUGHT_TOKENS
 
 
 def test_a_thinking_tool_loop_sends_back_the_upstreams_blocks(claude, fake):
@@ -458,9 +458,9 @@ def test_client_disconnect_closes_the_upstream_request(front, upstream):
     closed_at = time.monotonic()
     up = wait_usage(upstream, "mock-slow", up_before + 1, timeout=5)[-1]
     assert time.monotonic() - closed_at < 3
-    assert up["outcome"] == "client_closed" and int(up["out"]) < 100, up  # 300 words at 20 ms each: cut well before
+    assert up["outcome"] == "client_closed" and int(up["output_tokens"]) < 100, up  # 300 words at 20 ms each: cut well before
     mine = wait_usage(front, "ac-slow", front_before + 1)[-1]
-    assert mine["outcome"] == "client_closed" and received <= int(mine["out"]) <= int(up["out"]) + 2, (mine, up)
+    assert mine["outcome"] == "client_closed" and received <= int(mine["output_tokens"]) <= int(up["output_tokens"]) + 2, (mine, up)
 
 
 def test_replica_failover(claude, front):

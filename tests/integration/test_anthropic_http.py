@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.support.anthropic_stream import check_stream, parse_sse
-from tests.support.server import MOCK_CATALOG, Server, free_port, write_config
+from tests.support.server import MOCK_CATALOG, Server, free_port, usage_lines, write_config
 
 HELLO = {"model": "mock-echo", "max_tokens": 50, "messages": [{"role": "user", "content": "Hello!"}]}
 
@@ -130,11 +130,11 @@ def test_client_disconnect_mid_stream_is_settled(mock_server):
             next(lines)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        settled = [line for line in mock_server.log().splitlines() if request_id in line and "usage" in line]
+        settled = [a for a in usage_lines(mock_server) if a["request_id"] == request_id]
         if settled:
             break
         time.sleep(0.05)
-    assert settled and "outcome=client_closed" in settled[0], settled
+    assert settled and settled[0]["outcome"] == "client_closed", settled
 
 
 # ------------------------------------------------------------------------------------- pings

@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.server import usage_lines
+
 pytestmark = pytest.mark.embedded
 
 WEATHER = {
@@ -167,8 +169,8 @@ def test_model_detail_is_truthful(embedded_server):
     assert detail["architecture"]["instruct_type"] == "chatml"
 
 
-def _usage_lines(server) -> list[str]:
-    return [line for line in server.log().splitlines() if "longcat.usage" in line]
+def _usage_lines(server) -> list[dict]:
+    return usage_lines(server)
 
 
 def test_client_disconnect_frees_the_engine(embedded_server):
@@ -203,9 +205,9 @@ def test_client_disconnect_frees_the_engine(embedded_server):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(_usage_lines(embedded_server)) < before + 2:
         time.sleep(0.05)
-    cut = [line for line in _usage_lines(embedded_server)[before:] if "outcome=client_closed" in line]
+    cut = [line for line in _usage_lines(embedded_server)[before:] if line["outcome"] == "client_closed"]
     assert cut, _usage_lines(embedded_server)[before:]
-    generated = int(re.search(r" out=(\d+)", cut[0]).group(1))
+    generated = cut[0]["output_tokens"]
     # What was generated after the client left is a few tokens at most, never the rest of 3000.
     assert received <= generated <= received + 10, (received, generated)
 

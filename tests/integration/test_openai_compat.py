@@ -217,7 +217,7 @@ def test_text_and_usage_are_the_upstreams(oai, upstream):
                                                                {"role": "user", "content": "Hello there, upstream!"}])
     assert r.choices[0].message.content == "Hello there, upstream!" and r.choices[0].finish_reason == "stop"
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
-    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (int(up["in"]), int(up["out"])) and up["outcome"] == "ok"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (int(up["input_tokens"]), int(up["output_tokens"])) and up["outcome"] == "ok"
     assert r.model == "up-echo"
 
 
@@ -228,9 +228,9 @@ def test_streaming_text_and_usage(oai, upstream, front):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three four"
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 4  # streamed, not collected
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
-    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (int(up["in"]), int(up["out"]))
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
     mine = wait_usage(front, "up-echo", 1)[-1]
-    assert (mine["in"], mine["out"], mine["outcome"]) == (up["in"], up["out"], "ok")
+    assert (mine["input_tokens"], mine["output_tokens"], mine["outcome"]) == (up["input_tokens"], up["output_tokens"], "ok")
 
 
 def test_anthropic_sdk_through_the_front(claude, upstream):
@@ -238,12 +238,12 @@ def test_anthropic_sdk_through_the_front(claude, upstream):
     message = claude.messages.create(model="up-echo", max_tokens=100, messages=[{"role": "user", "content": "Hi from Claude"}])
     assert message.content[0].text == "Hi from Claude" and message.stop_reason == "end_turn"
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
-    assert (message.usage.input_tokens, message.usage.output_tokens) == (int(up["in"]), int(up["out"]))
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
     with claude.messages.stream(model="up-echo", max_tokens=100, messages=[{"role": "user", "content": "Streamed back"}]) as s:
         assert "".join(s.text_stream) == "Streamed back"
         final = s.get_final_message()
     up = wait_usage(upstream, "mock-echo", before + 2)[-1]
-    assert (final.usage.input_tokens, final.usage.output_tokens) == (int(up["in"]), int(up["out"]))
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
 
 
 def test_model_detail_is_truthful_and_has_no_credentials(front, upstream):
@@ -331,9 +331,9 @@ def test_client_disconnect_closes_the_upstream_request(front, upstream):
     closed_at = time.monotonic()
     up = wait_usage(upstream, "mock-slow", up_before + 1, timeout=5)[-1]
     assert time.monotonic() - closed_at < 3
-    assert up["outcome"] == "client_closed" and int(up["out"]) < 100, up  # 300 words at 20 ms each: cut well before
+    assert up["outcome"] == "client_closed" and int(up["output_tokens"]) < 100, up  # 300 words at 20 ms each: cut well before
     mine = wait_usage(front, "up-slow", front_before + 1)[-1]
-    assert mine["outcome"] == "client_closed" and received <= int(mine["out"]) <= int(up["out"]) + 2, (mine, up)
+    assert mine["outcome"] == "client_closed" and received <= int(mine["output_tokens"]) <= int(up["output_tokens"]) + 2, (mine, up)
 
 
 def test_replica_failover(oai, front):

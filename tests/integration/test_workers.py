@@ -5,7 +5,7 @@ worker killed outright is replaced; SIGTERM drains every worker (a stream in fli
 new connections are refused) and the parent exits 0.
 
 Which worker served a request is read from the log: with several workers each line names its
-process (`longcat.usage[<pid>]: …`)."""
+process (`"pid"` in the JSON access lines)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from longcat.store.migrations import LATEST
-from tests.support.server import Server, cli, free_port, scale_out_backend, write_config
+from tests.support.server import Server, cli, free_port, scale_out_backend, usage_lines, write_config
 
 CONFIG = """
 daily_quota = 100000
@@ -44,7 +44,6 @@ max_output = 100000
 token_delay = 0.05
 """
 
-USAGE = re.compile(r"longcat\.usage\[(\d+)\]: usage request=(\S+) account=(\d+) .* billed=(\d+) outcome=(\w+)")
 WORKER = re.compile(r"worker (\d+) starting \(pid (\d+)\)")
 
 
@@ -75,7 +74,8 @@ def server(tmp_path_factory, backend):
 
 def usage(server: Server, account_id: int | None = None) -> list[tuple[int, str, int, int, str]]:
     """(pid, request id, account, billed, outcome) of every usage line in the server's log."""
-    rows = [(int(p), r, int(a), int(b), o) for p, r, a, b, o in USAGE.findall(server.log())]
+    rows = [(a["pid"], a.get("internal_id", a["request_id"]), a["account_id"], a["billed_tokens"], a["outcome"])
+            for a in usage_lines(server)]
     return [row for row in rows if account_id is None or row[2] == account_id]
 
 

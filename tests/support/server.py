@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -144,13 +144,18 @@ def scale_out_backend(label: str):
         client.close()
 
 
-def usage_lines(server: Server, model: str | None = None) -> list[dict[str, str]]:
-    """The server's usage log lines (one per settled request) as dicts, oldest first."""
+def access_lines(server: Server) -> list[dict]:
+    """The server's access log lines (JSON: a test server's stderr is no terminal), oldest first."""
     out = []
     for line in server.log().splitlines():
-        if "longcat.usage" in line and (model is None or f" model={model} " in line):
-            out.append(dict(re.findall(r"(\w+)=(\S+)", line.split("longcat.usage", 1)[1])))
+        if line.startswith("{") and '"logger":"longcat.access"' in line:
+            out.append(json.loads(line))
     return out
+
+
+def usage_lines(server: Server, model: str | None = None) -> list[dict]:
+    """The access lines of requests an engine ran (they carry tokens and an outcome), oldest first."""
+    return [a for a in access_lines(server) if "outcome" in a and (model is None or a.get("model") == model)]
 
 
 def wait_usage(server: Server, model: str, count: int, timeout: float = 5) -> list[dict[str, str]]:

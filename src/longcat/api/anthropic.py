@@ -31,11 +31,13 @@ from longcat.canonical import ApiError, Event, invalid
 from longcat.config import ModelConfig
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
+from longcat.observe.access import note_error, visible_request_id
 from longcat.protocols import anthropic
 from longcat.protocols.anthropic_errors import anthropic_error_body
 
 
 def anthropic_error(err: ApiError) -> Response:
+    note_error(err.code)
     return JSONBody(anthropic_error_body(err), status_code=err.status, headers=err.headers)
 
 
@@ -64,7 +66,8 @@ async def messages(request: Request) -> Response:
     except Disconnected:
         return Response(status_code=499)
 
-    headers = {"request-id": call.ctx.request_id, "x-request-id": call.ctx.request_id}
+    # Anthropic's own header, the same id as x-request-id (which the access middleware adds).
+    headers = {"request-id": visible_request_id(call.ctx.request_id)}
     if chat.stream:
         encoder = anthropic.MessageStreamEncoder(
             model=chat.model,

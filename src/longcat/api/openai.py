@@ -21,6 +21,7 @@ from longcat.api.asgi import (
 from longcat.api.models import model_detail, model_summary
 from longcat.canonical import ApiError, Event
 from longcat.gateway.pipeline import Gateway
+from longcat.observe.access import note_error
 from longcat.protocols import openai_chat
 from longcat.protocols.openai_errors import openai_error_body
 
@@ -28,6 +29,7 @@ DONE = b"data: [DONE]\n\n"
 
 
 def openai_error(err: ApiError) -> Response:
+    note_error(err.code)
     return JSONBody(openai_error_body(err), status_code=err.status, headers=err.headers)
 
 
@@ -50,15 +52,15 @@ async def chat_completions(request: Request) -> Response:
     except Disconnected:
         return Response(status_code=499)
 
-    headers = {"x-request-id": call.ctx.request_id}
+    # x-request-id is added to every response by the access middleware (observe/middleware.py).
     if chat.stream:
         encoder = openai_chat.ChatStreamEncoder(model=chat.model, include_usage=chat.extras["include_usage"])
-        return EventStream(_chat_frames(gateway.events(call), encoder), openai_error, headers)  # type: ignore[return-value]
+        return EventStream(_chat_frames(gateway.events(call), encoder), openai_error)  # type: ignore[return-value]
 
     body = openai_chat.encode_completion(
         done, model=chat.model, completion_id=openai_chat.new_completion_id(), created=int(time.time())
     )
-    return JSONBody(body, headers=headers)
+    return JSONBody(body)
 
 
 async def _chat_frames(events: AsyncIterator[Event], encoder: openai_chat.ChatStreamEncoder) -> AsyncIterator[bytes]:

@@ -27,6 +27,7 @@ from longcat.api.openai import openai_error
 from longcat.canonical import ApiError, Error, Event, invalid
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
+from longcat.observe.access import note_error
 from longcat.protocols import openai_responses
 from longcat.protocols.openai_responses import ResponseEncoder, ResponsesRequest
 from longcat.store.accounts import KeyOwner
@@ -83,14 +84,14 @@ async def create_response(request: Request) -> Response:
     except ApiError as err:
         err = openai_responses.in_responses_terms(err)
         if decoded is not None and decoded.chat.stream and err.code == CONTEXT_EXCEEDED:
+            note_error(err.code)  # refused inside a stream that opens with 200
             return EventStream(_refusal(ResponseEncoder(decoded), err), _error)  # type: ignore[return-value]
         return _error(err)
 
-    headers = {"x-request-id": call.ctx.request_id}
     encoder = ResponseEncoder(decoded, live_usage=call.ctx.usage, sampling=sampling, seal=seals.seal)
     save = _saver(store, owner, decoded) if decoded.store else None
     if decoded.chat.stream:
-        return EventStream(_frames(gateway.events(call), encoder, save), _error, headers)  # type: ignore[return-value]
+        return EventStream(_frames(gateway.events(call), encoder, save), _error)  # type: ignore[return-value]
 
     try:
         result = await until_disconnect(request.receive, _collect(gateway.events(call), encoder))
@@ -100,7 +101,7 @@ async def create_response(request: Request) -> Response:
         return Response(status_code=499)
     if save is not None:
         await save(result)
-    return JSONBody(result, headers=headers)
+    return JSONBody(result)
 
 
 async def _history(store: ResponseStore, owner: KeyOwner, response_id: str | None) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from longcat.console.state import Console
 from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.principal import PRE_COOKIE, SESSION_COOKIE, Principal, from_key, from_session, has_key
 from longcat.gateway.sessions import csrf_ok, csrf_token
-from longcat.httpkit import trusted_peer
+from longcat.httpkit import client_address, trusted_peer
 from longcat.protocols.openai_errors import openai_error_body
 
 log = logging.getLogger("longcat.console")
@@ -55,11 +55,7 @@ def _trusted(request: Request) -> bool:
 def client_ip(request: Request) -> str:
     """The client's address; X-Forwarded-For only counts when a trusted proxy sent it."""
     peer = request.client.host if request.client else ""
-    if _trusted(request):
-        forwarded = [p.strip() for p in request.headers.get("x-forwarded-for", "").split(",") if p.strip()]
-        if forwarded:
-            return forwarded[-1][:64]
-    return peer[:64]
+    return client_address(peer, request.headers.get("x-forwarded-for", ""), console(request).settings.trusted_proxies)
 
 
 def is_https(request: Request) -> bool:

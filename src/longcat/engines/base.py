@@ -58,6 +58,15 @@ class Engine(abc.ABC):
     async def close(self) -> None:
         """Release everything; in-flight streams are cancelled before this is called."""
 
+    async def readiness(self) -> str | None:
+        """None when the engine can serve requests now, else a short reason (for /readyz; it
+        must answer quickly and reveal no address or credential)."""
+        return None
+
+    def occupancy(self) -> tuple[int, int] | None:
+        """(requests waiting for a slot, slots busy) for the metrics; None: no slots of its own."""
+        return None
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """What serves this model, truthfully: shown in the model detail."""

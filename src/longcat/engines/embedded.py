@@ -339,6 +339,12 @@ class EmbeddedEngine(Engine):
             self._tokenizer.close()
         self._server = None  # its destructor stops the core's loop
 
+    async def readiness(self) -> str | None:
+        return None if self._server is not None else "the model is not loaded"
+
+    def occupancy(self) -> tuple[int, int] | None:
+        return self.scheduler.waiting, self.scheduler.busy
+
     def describe(self) -> dict[str, Any]:
         return {
             "type": "embedded",

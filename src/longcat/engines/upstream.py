@@ -44,7 +44,9 @@ from longcat.config import ConfigError, ModelConfig
 from longcat.engines import http1
 from longcat.engines.base import CallContext, Engine
 from longcat.engines.options import reject_unknown
+from longcat.engines.probe import ReplicaProbe
 from longcat.engines.replicas import BUSY, FAILED, LEFT, OK, Lease, Replica, ReplicaSet, ReplicaStats
+from longcat.observe import metrics
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 600.0
@@ -554,6 +556,7 @@ class UpstreamEngine(Engine):
         )
         self._health: asyncio.Task | None = None
         self._count_warned = False
+        self._probe: ReplicaProbe | None = None
 
     # ------------------------------------------------------------------ the wire format
 
@@ -616,11 +619,21 @@ class UpstreamEngine(Engine):
             "" if len(opts.base_urls) == 1 else "s",
         )
 
+    async def readiness(self) -> str | None:
+        """Ready while at least one replica answers HTTP (asked at most every few seconds)."""
+        if self._pool is None:
+            return "the engine is not started"
+        if self._probe is None:
+            self._probe = ReplicaProbe(self.request_headers(), tls_context())
+        return await self._probe.check([self.url(b, "/health", True) for b in self.options.base_urls])
+
     async def close(self) -> None:
         health, self._health = self._health, None
         if health is not None:
             health.cancel()
             await asyncio.gather(health, return_exceptions=True)
+        if self._probe is not None:
+            await self._probe.aclose()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.aclose()
@@ -745,6 +758,7 @@ class UpstreamEngine(Engine):
                 outcome = LEFT  # the client left while the replica was being asked
                 raise
             finally:
+                metrics.upstream_request(self.model.id, replica.url, outcome)  # ok, failed, busy, left
                 if lease is not None:
                     lease.done(outcome, wait)
         if refused is not None:

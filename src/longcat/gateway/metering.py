@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from longcat.engines.base import CallContext
 from longcat.gateway.clock import beijing_day
+from longcat.observe import metrics
 from longcat.store.usage import UsageRecord, UsageStore
 
 log = logging.getLogger("longcat.usage")
@@ -73,7 +75,9 @@ class UsageWriter:
         delay = 0.05
         while True:
             try:
+                started = time.perf_counter()
                 await self.store.write_batch([p.record for p in batch])
+                metrics.usage_written(time.perf_counter() - started)
                 break
             except asyncio.CancelledError:
                 raise

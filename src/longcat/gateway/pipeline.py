@@ -15,9 +15,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from longcat.canonical import (
@@ -26,7 +25,9 @@ from longcat.canonical import (
     Error,
     Event,
     Finish,
+    TextDelta,
     ThinkingDelta,
+    ToolCallStart,
     check_counts,
     collect,
 )
@@ -41,12 +42,16 @@ from longcat.gateway.limits import Permit, RateLimiter
 from longcat.gateway.metering import UsageWriter, billed_tokens, make_record
 from longcat.gateway.provenance import ReasoningMemory, keep_verified_reasoning
 from longcat.gateway.quota import QuotaKeeper, Reservation
+from longcat.observe import metrics
+from longcat.observe.access import current as current_access
+from longcat.observe.access import new_request_id
 from longcat.store.accounts import AccountStore, KeyOwner
 from longcat.store.usage import UsageStore
 
 log = logging.getLogger("longcat.gateway")
 
-usage_log = logging.getLogger("longcat.usage")
+# What counts as the first token, for the time to first token.
+_TOKEN_EVENTS = (TextDelta, ThinkingDelta, ToolCallStart)
 
 
 @dataclass(slots=True)
@@ -66,14 +71,14 @@ class Call:
     task: asyncio.Task | None = None
     awaiting: bool = False  # the task is waiting for the engine's next event
     draining: bool = False
+    first_token_at: float = 0.0  # time.perf_counter() of the engine's first token
+    outcome: str = ""  # how it ended, once it has (see `events`)
+    billed: int = 0  # what the quota was charged, once settled
+    on_settled: Callable[[], None] | None = None  # called once settled (the access line)
 
 
 class _ShuttingDown(Exception):
     """Raised inside `events` when the shutdown's grace period is over."""
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
 
 
 class Gateway:
@@ -151,8 +156,24 @@ class Gateway:
         """The key's owner, with this request already charged to its request limits (429 if
         over them): every authenticated request counts, whatever becomes of it later."""
         owner = await authenticate(self.accounts, headers)
-        await self.limiter.charge_request(owner, self.clock.now())
+        acc = current_access.get()
+        if acc is not None:
+            acc.account_id, acc.key_id = owner.account_id, owner.key_id
+        try:
+            await self.limiter.charge_request(owner, self.clock.now())
+        except ApiError:
+            _note_limit("rpm")
+            raise
         return owner
+
+    @property
+    def draining(self) -> bool:
+        """A shutdown was asked for: this process should get no new requests."""
+        return self._draining
+
+    def mark_draining(self) -> None:
+        """The server is stopping (its lifespan is ending) without a signal having said so."""
+        self._draining = True
 
     def account_tag(self, account_id: int) -> str:
         """A stable, opaque name of the account for upstreams (`send_user`, `cache_salt`): the
@@ -161,6 +182,7 @@ class Gateway:
 
     async def count_tokens(self, owner: KeyOwner, request: ChatRequest) -> int:
         """The prompt's tokens with the serving engine's tokenizer, through the same gate."""
+        self._note_model(request.model)
         model, engine = self.catalog.route(request.model)
         return await self._tokenize(model, engine, request, str(owner.account_id), lambda: engine.count_tokens(request))
 
@@ -178,7 +200,12 @@ class Gateway:
         if engine.measure_is_estimate:
             return await count()  # arithmetic on the request: nothing to wait for
         gate = self._gate(model, engine)
-        await gate.acquire(tenant)
+        try:
+            await gate.acquire(tenant)
+        except ApiError as err:
+            if err.status == 429:
+                _note_limit("queue")
+            raise
         work = asyncio.ensure_future(count())
         work.add_done_callback(lambda _done: gate.release(tenant))
         return await asyncio.shield(work)
@@ -200,6 +227,9 @@ class Gateway:
 
     async def admit(self, owner: KeyOwner, request: ChatRequest, endpoint: str) -> Call:
         """Check the request against the model's real limits; raises `ApiError` (never billed)."""
+        acc = self._note_model(request.model)
+        if acc is not None:
+            acc.stream = request.stream
         model, engine = self.catalog.route(request.model)
         if request.max_tokens is None:
             request.max_tokens = min(self.settings.default_max_tokens, model.max_output)
@@ -210,7 +240,8 @@ class Gateway:
                 f"The model {model.id!r} does not accept images; send text only.",
                 param="messages",
             )
-        ctx = CallContext(request_id=new_request_id(), tenant=str(owner.account_id), account_tag=self.account_tag(owner.account_id))
+        rid = acc.take_internal_id() if acc is not None else new_request_id()
+        ctx = CallContext(request_id=rid, tenant=str(owner.account_id), account_tag=self.account_tag(owner.account_id))
         # Only reasoning the platform knows a model wrote for this account reaches the engine.
         await keep_verified_reasoning(request, owner.account_id, self.reasoning)
         await self._tokenize(model, engine, request, ctx.tenant, lambda: engine.measure(request, ctx))
@@ -225,7 +256,17 @@ class Gateway:
                 f"{model.max_output:,} tokens per reply.",
                 param="max_tokens",
             )
-        return Call(owner, model, engine, request, ctx, endpoint, time.perf_counter())
+        call = Call(owner, model, engine, request, ctx, endpoint, time.perf_counter())
+        if acc is not None:
+            acc.call = call
+        return call
+
+    def _note_model(self, model_id: str):
+        """Name the request's model in its access record: a catalog id, or `unknown`."""
+        acc = current_access.get()
+        if acc is not None:
+            acc.model = model_id if model_id in self.catalog.models else metrics.UNKNOWN_MODEL
+        return acc
 
     async def admit_and_collect(self, owner: KeyOwner, request: ChatRequest, endpoint: str):
         """`admit`, then the whole reply collected (non-streaming): (the call, the reply). One
@@ -246,16 +287,24 @@ class Gateway:
         call.permit = self.limiter.permit(call.owner, rid)
         call.reservation = self.quota.pending(call.owner, rid, now)
         self._active[rid] = call
+        step = "tpm_concurrency"
         try:
             await self.limiter.take(call.permit, prompt, now)
+            step = "quota"
             await self.quota.reserve(call.reservation, prompt, call.request.max_tokens or 1, now)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ApiError):
+                if step == "quota":
+                    metrics.quota_refused()
+                else:
+                    _note_limit(step)
             self._active.pop(rid, None)
             self._in_background(self._give_back(call.permit, call.reservation, now))
             call.permit = call.reservation = None
             raise
         # The output budget never exceeds what the quota can still pay for.
         call.request.max_tokens = call.reservation.out_budget
+        metrics.inflight(call.model.id, 1)
 
     async def _give_back(self, permit: Permit, reservation: Reservation, now: float) -> None:
         try:
@@ -277,6 +326,7 @@ class Gateway:
         await self._acquire(call)
         outcome = "cancelled"
         delivered = False
+        first_token = False
         thinking: list[str] = []  # remembered when the reply is complete (see gateway.provenance)
         stream = call.engine.stream(call.request, call.ctx)
         try:
@@ -292,6 +342,9 @@ class Gateway:
                     break
                 finally:
                     call.awaiting = False
+                if not first_token and isinstance(event, _TOKEN_EVENTS):
+                    first_token = True
+                    call.first_token_at = time.perf_counter()
                 if isinstance(event, ThinkingDelta):
                     thinking.append(event.text)
                 elif isinstance(event, Finish):
@@ -327,6 +380,8 @@ class Gateway:
             raise
         except ApiError as err:
             outcome = "engine_error"
+            if err.status == 429:
+                _note_limit("queue")  # one account's share of the engine's queue
             if not delivered:
                 raise
             yield Error(err)
@@ -339,6 +394,7 @@ class Gateway:
             yield Error(err)
         finally:
             call.task = None
+            call.outcome = call.outcome or outcome
             if not call.settled:
                 # We may be inside a cancellation: settle on a task of its own.
                 # A non-streaming client receives nothing until the end, so nothing was delivered.
@@ -400,21 +456,10 @@ class Gateway:
             now=now,
             base_quota=call.reservation.base if call.reservation else self.quota.base_for(call.owner.daily_quota),
         )
-        usage_log.info(
-            "usage request=%s account=%d key=%d model=%s endpoint=%s stream=%s in=%d out=%d cached=%d billed=%d outcome=%s ms=%d",
-            record.request_id,
-            record.account_id,
-            record.key_id,
-            record.model,
-            record.endpoint,
-            record.stream,
-            record.input_tokens,
-            record.output_tokens,
-            record.cached_tokens,
-            record.billed_tokens,
-            record.status,
-            record.latency_ms,
-        )
+        call.outcome, call.billed = outcome, billed
+        metrics.inflight(call.model.id, -1)
+        if call.on_settled is not None:
+            call.on_settled()  # the access line, deferred until now (see observe.access)
         booking = self._in_background(self._book(call, record, now, durable))
         if durable:
             await asyncio.shield(booking)
@@ -432,3 +477,10 @@ class Gateway:
                 await self.writer.commit(record)
             else:
                 self.writer.submit(record)
+
+
+def _note_limit(scope: str) -> None:
+    """Which limit refused the current request with a 429 (its access record and metrics)."""
+    acc = current_access.get()
+    if acc is not None:
+        acc.limit = scope
