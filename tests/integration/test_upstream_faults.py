@@ -347,6 +347,9 @@ def test_the_least_busy_replica_is_chosen_and_no_count_leaks(front, oai, claude,
     clients = (oai, claude)
     for up in pair:
         up.tokens, up.piece_delay = 400, 0.02  # a long reply: 8 s
+    # A request of an earlier test may still be unwinding on a replica (and count as `left` when
+    # it does): start from idle replicas.
+    wait_for(lambda: a.active + b.active == 0, "the replicas are still answering earlier requests", timeout=10)
     left_before = a.left + b.left
     if flavour == "openai":
         url, headers = front.base_url + "/openai/v1/chat/completions", {"Authorization": f"Bearer {front.key}"}

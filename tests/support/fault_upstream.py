@@ -144,10 +144,10 @@ class FaultUpstream:
         if mode == "hang":
             await reader.read()  # silent until the front gives up and closes
             return False
-        if mode == "slow":
-            await asyncio.sleep(self.delay)
         self.active += 1
         try:
+            if mode == "slow":
+                await asyncio.sleep(self.delay)
             return await self._stream(writer, request, anthropic, cut=self.cut_after if mode == "cut" else None)
         finally:
             self.active -= 1
