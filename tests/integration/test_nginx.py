@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import ssl
@@ -88,7 +89,7 @@ def fleet(tmp_path_factory):
             "LONGCAT_SECRET_KEY": uuid.uuid4().hex,
             "LONGCAT_TRUSTED_PROXIES": "127.0.0.1",
             # A replica silent this long is dead: its slots and reservations are given back.
-            "LONGCAT_REPLICA_TIMEOUT": "2",
+            "LONGCAT_REPLICA_TIMEOUT": "3",
         }
         replicas: list[Server] = []
         proxy = None
@@ -421,6 +422,8 @@ def test_kill_9_of_one_replica_mid_load(fleet):
         while not (len(completed) >= 30 and served_by(a, user.account_id) >= 5) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert served_by(a, user.account_id) >= 5, "the load never reached replica a"
+        error_log = fleet.nginx.prefix / "logs" / "error.log"
+        mark = error_log.stat().st_size
         a.stop(signal.SIGKILL)  # with streaming and non-streaming requests in flight on it
         killed_at.append(time.monotonic())
         time.sleep(3)
@@ -433,6 +436,13 @@ def test_kill_9_of_one_replica_mid_load(fleet):
     after = [outcome for start, outcome in results if start > killed_at[0] + 0.5]
     failed = Counter(o for o in after if o != "ok")
     assert len(after) >= 10 and not failed, f"of {len(after)} requests sent after the kill: {dict(failed)}"
+
+    # What was in flight on the killed replica was cut short, not run a second time on the other:
+    # nginx never re-sends a POST a replica had received. Each request the replica took and
+    # dropped before its reply began is one line in nginx's log and one 503 for its client.
+    dropped = len(re.findall(r"\[error\].* while reading response header from upstream", error_log.read_bytes()[mark:].decode()))
+    refused = sum(1 for _, outcome in results if outcome.startswith(("503", "stream 503")))
+    assert dropped and refused == dropped, (dropped, Counter(outcome for _, outcome in results if outcome != "ok"))
 
     # Nothing completed is lost: every reply a client saw complete has its usage record.
     records = dict(fleet.db(f"select request_id, billed_tokens from usage_records where account_id = {user.account_id}"))
