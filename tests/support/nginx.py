@@ -29,7 +29,10 @@ SERVER_NAME = "llm.example.com"
 
 def nginx_binary() -> str | None:
     """The nginx executable (Debian's package puts it in /usr/sbin, often not on a user's PATH)."""
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    found = shutil.which("nginx")
+    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
+        found = "/usr/sbin/nginx"
+    return found
 
 
 def self_signed_cert(directory: Path, names: tuple[str, ...] = (SERVER_NAME, "localhost")) -> tuple[Path, Path]:
