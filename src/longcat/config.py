@@ -124,6 +124,9 @@ class Settings:
     account_concurrency: int = 32
     # How long a request may hold a concurrency slot or a quota reservation if its replica dies.
     lease_seconds: float = 1800.0
+    # With Redis: seconds without a heartbeat after which a replica is dead, and the others give
+    # back the concurrency slots and quota reservations its requests held.
+    replica_timeout: float = 10.0
     # Key prefix in Redis, so several deployments (or test servers) can share one Redis.
     redis_prefix: str = "lc:"
     # For tests only: a file holding seconds to add to the clock (cross midnight without waiting).

@@ -106,3 +106,45 @@ def admin_browser(server: Server) -> Browser:
     r = b.login("admin@localhost", admin_password(server))
     assert r.status_code == 303, r.text
     return b
+
+
+@dataclass
+class ApiUser:
+    """An account driven through the console's JSON API alone (no pages): a session cookie and
+    its CSRF token. Quicker than the CLI (no process per action), and it works through a proxy."""
+
+    base_url: str
+    email: str
+    account_id: int
+    csrf: str
+    client: httpx.Client
+
+    @classmethod
+    def _signed(cls, base_url: str, path: str, email: str, password: str, status: int, **kw) -> ApiUser:
+        client = httpx.Client(base_url=base_url, timeout=30, **kw)
+        r = client.post(path, json={"email": email, "password": password})
+        assert r.status_code == status, r.text
+        body = r.json()
+        return cls(base_url, email, body["account"]["id"], body["csrf_token"], client)
+
+    @classmethod
+    def register(cls, base_url: str, email: str | None = None, password: str = "correct horse battery", **kw) -> ApiUser:
+        return cls._signed(base_url, "/api/v1/auth/register", email or unique_email(), password, 201, **kw)
+
+    @classmethod
+    def login(cls, base_url: str, email: str, password: str, **kw) -> ApiUser:
+        return cls._signed(base_url, "/api/v1/auth/login", email, password, 200, **kw)
+
+    def call(self, method: str, path: str, json=None, **kw) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if method not in ("GET", "HEAD"):
+            headers["X-CSRF-Token"] = self.csrf
+        return self.client.request(method, path, json=json, headers=headers, **kw)
+
+    def create_key(self, name: str = "test key") -> tuple[int, str]:
+        r = self.call("POST", "/api/v1/keys", {"name": name})
+        assert r.status_code == 201, r.text
+        return r.json()["key"]["id"], r.json()["secret"]
+
+    def close(self) -> None:
+        self.client.close()

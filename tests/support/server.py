@@ -144,6 +144,16 @@ def scale_out_backend(label: str):
         client.close()
 
 
+def pg_query(database_url: str, sql: str) -> list[list[str]]:
+    """Rows of `sql` on the PostgreSQL database of `database_url` (a scale_out_backend's), as text."""
+    name = database_url.rsplit("/", 1)[-1]
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", name, "-At", "-F", "\t", "-c", sql],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
 def access_lines(server: Server) -> list[dict]:
     """The server's access log lines (JSON: a test server's stderr is no terminal), oldest first."""
     out = []

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from longcat.gateway.counters import WINDOW, Bucket, MemoryCounters, RedisCounters, Slots
+from longcat.gateway.counters import WINDOW, Bucket, Held, MemoryCounters, QuotaState, RedisCounters, Slots
 
 REDIS_URL = os.environ.get("LONGCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -204,6 +204,91 @@ def test_redis_leases_of_a_dead_holder_expire_and_live_ones_are_renewed():
             assert await c.acquire([], [Slots("s", 1)], "b", now + 111, 60) == 0
         finally:
             await c.close()
+
+    run(main())
+
+
+def test_a_dead_replicas_slots_and_reservations_are_given_back_once():
+    """What a replica held when its heartbeat lapsed is freed by another; a reservation whose
+    request was recorded is billed as recorded, only once however many replicas sweep."""
+
+    async def main():
+        prefix = f"test:{uuid.uuid4().hex}:"
+        dead = ScratchRedisCounters(REDIS_URL, prefix=prefix, replica="dead")
+        live = ScratchRedisCounters(REDIS_URL, prefix=prefix, replica="live")
+
+        async def seed():
+            return (0, 0)
+
+        now = 1_800_000_000.0
+        slot = [Slots("conc:k:1", 2)]
+        try:
+            await dead.heartbeat(0.3)
+            await live.heartbeat(60)
+            for lease in ("r1", "r2"):  # two requests in flight on the replica about to die
+                assert await dead.acquire([], slot, lease, now, 1800) == 0
+                assert (await dead.quota_reserve("1:d", seed, 1000, 10, 90, lease, now, 1800)).ok
+            assert await live.acquire([], slot, "r3", now, 1800) == 1  # both slots taken
+            assert await live.dead_replicas() == []
+            await asyncio.sleep(0.5)  # no heartbeat since: dead
+            assert await live.dead_replicas() == ["dead"]
+            held = await live.held_by("dead")
+            assert sorted(held.reservations) == [("1:d", "r1"), ("1:d", "r2")] and len(held.slots) == 2 and not held.billed
+            # r1 finished and was recorded (42 tokens) before its replica died; r2 never finished.
+            assert await live.give_back("dead", held, {"r1": 42}) == 2
+            assert await live.quota_state("1:d", seed, now) == QuotaState(42, 0, 0)
+            assert await live.acquire([], slot, "r3", now, 1800) == 0
+            # Another replica sweeping the same dead one a moment later changes nothing.
+            assert await live.give_back("dead", held, {"r1": 42}) == 0
+            assert (await live.quota_state("1:d", seed, now)).used == 42
+            assert await live.dead_replicas() == []  # it held nothing more: forgotten
+            assert not await live.redis.exists(prefix + "held:dead")
+            # A replica's own requests settle as ever; a settlement stays filed until its record
+            # is on disk, and then nothing is left under the replica's name.
+            assert (await live.quota_reserve("1:d", seed, 1000, 10, 90, "r3", now, 1800)).ok
+            await live.quota_settle("1:d", "r3", 20)
+            await live.release([], [s.key for s in slot], "r3", now)
+            assert await live.held_by("live") == Held([], [("1:d", "r3", 20)], [])
+            await live.quota_recorded([("1:d", "r3", 20)])
+            assert await live.held_by("live") == Held([], [], [])
+            assert (await live.quota_state("1:d", seed, now)).used == 62
+        finally:
+            await dead.close()
+            await live.close()
+
+    run(main())
+
+
+def test_a_dead_replicas_settlements_without_a_record_are_undone():
+    """A replica settled two requests in Redis and died with one record still unwritten: the
+    sweep keeps the recorded one and takes the other back out of `used`."""
+
+    async def main():
+        prefix = f"test:{uuid.uuid4().hex}:"
+        dead = ScratchRedisCounters(REDIS_URL, prefix=prefix, replica="dead")
+        live = ScratchRedisCounters(REDIS_URL, prefix=prefix, replica="live")
+
+        async def seed():
+            return (0, 0)
+
+        now = 1_800_000_000.0
+        try:
+            await dead.heartbeat(0.3)
+            for lease, billed in (("r1", 30), ("r2", 50)):
+                assert (await dead.quota_reserve("1:d", seed, 1000, 10, 90, lease, now, 1800)).ok
+                await dead.quota_settle("1:d", lease, billed)
+            assert (await live.quota_state("1:d", seed, now)).used == 80
+            await asyncio.sleep(0.5)
+            assert await live.dead_replicas() == ["dead"]
+            held = await live.held_by("dead")
+            assert sorted(held.billed) == [("1:d", "r1", 30), ("1:d", "r2", 50)]
+            assert await live.give_back("dead", held, {"r1": 30}) == 2  # r2's record was lost
+            assert await live.quota_state("1:d", seed, now) == QuotaState(30, 0, 0)
+            assert await live.give_back("dead", held, {"r1": 30}) == 0  # once only
+            assert (await live.quota_state("1:d", seed, now)).used == 30
+        finally:
+            await dead.close()
+            await live.close()
 
     run(main())
 

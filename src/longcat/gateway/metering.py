@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from longcat.engines.base import CallContext
@@ -42,8 +43,10 @@ class _Pending:
 class UsageWriter:
     """Group commit of usage records, with retries while the database is unavailable."""
 
-    def __init__(self, store: UsageStore) -> None:
+    def __init__(self, store: UsageStore, on_committed: Callable[[list[UsageRecord]], Awaitable[None]] | None = None) -> None:
         self.store = store
+        # Told of each batch once it is on disk (after its waiting requests were let go).
+        self.on_committed = on_committed
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -88,6 +91,13 @@ class UsageWriter:
         for p in batch:
             if p.done is not None and not p.done.done():
                 p.done.set_result(None)
+        if self.on_committed is not None:
+            try:
+                await self.on_committed([p.record for p in batch])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("after committing %d usage records", len(batch))
 
     async def close(self) -> None:
         """Write everything still queued, then stop."""

@@ -37,16 +37,17 @@ from longcat.engines.catalog import Catalog
 from longcat.engines.scheduler import FairScheduler
 from longcat.gateway.auth import authenticate
 from longcat.gateway.clock import SystemClock, beijing_day
-from longcat.gateway.counters import Counters, MemoryCounters
+from longcat.gateway.counters import Counters, MemoryCounters, RedisCounters
 from longcat.gateway.limits import Permit, RateLimiter
 from longcat.gateway.metering import UsageWriter, billed_tokens, make_record
 from longcat.gateway.provenance import ReasoningMemory, keep_verified_reasoning
 from longcat.gateway.quota import QuotaKeeper, Reservation
+from longcat.gateway.replicas import ReplicaWatch
 from longcat.observe import metrics
 from longcat.observe.access import current as current_access
 from longcat.observe.access import new_request_id
 from longcat.store.accounts import AccountStore, KeyOwner
-from longcat.store.usage import UsageStore
+from longcat.store.usage import UsageRecord, UsageStore
 
 log = logging.getLogger("longcat.gateway")
 
@@ -100,13 +101,14 @@ class Gateway:
         self.counters = counters or MemoryCounters()
         self.limiter = RateLimiter(settings, self.counters)
         self.quota = QuotaKeeper(settings, self.counters, usage)
-        self.writer = UsageWriter(usage)
+        self.writer = UsageWriter(usage, on_committed=self._recorded)
         secret = secret or settings.resolved_secret_key()
         self.reasoning = ReasoningMemory(secret, getattr(self.counters, "redis", None), settings.redis_prefix)
         self._tag_key = hmac.new(secret, b"longcat account tag v1", hashlib.sha256).digest()
         self._background: set[asyncio.Task] = set()
         self._active: dict[str, Call] = {}  # admitted requests holding a permit, not yet settled
         self._heartbeat: asyncio.Task | None = None
+        self._replica_watch: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False  # a shutdown was asked for
         self._ending = False  # its grace period is over: requests still running are ended
@@ -117,6 +119,10 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         await self.writer.start()
         self._heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
+        if isinstance(self.counters, RedisCounters):
+            watch = ReplicaWatch(self.counters, self.usage, self.settings.replica_timeout)
+            await watch.beat()
+            self._replica_watch = asyncio.create_task(watch.run(), name="replica-watch")
 
     async def _renew_leases(self) -> None:
         """Keep the leases of live requests from expiring (they only expire when a replica dies),
@@ -144,7 +150,7 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + wait
         while self._active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        for task in (self._heartbeat, self._drainer):
+        for task in (self._heartbeat, self._replica_watch, self._drainer):
             if task is not None:
                 task.cancel()
         if self._background:
@@ -477,6 +483,13 @@ class Gateway:
                 await self.writer.commit(record)
             else:
                 self.writer.submit(record)
+
+    async def _recorded(self, records: list[UsageRecord]) -> None:
+        """A batch of records is on disk: their settlements need no undoing should this replica
+        die now (see gateway/replicas.py)."""
+        await self.counters.quota_recorded(
+            [(self.quota.key_for(r.account_id, r.day), r.request_id, r.billed_tokens) for r in records if r.billed_tokens > 0]
+        )
 
 
 def _note_limit(scope: str) -> None:

@@ -112,6 +112,9 @@ class QuotaKeeper:
     def key_of(self, reservation: Reservation) -> str:
         return self._key(reservation.account_id, reservation.day)
 
+    def key_for(self, account_id: int, day: str) -> str:
+        return self._key(account_id, day)
+
     async def settle(self, reservation: Reservation, billed: int) -> None:
         await self.counters.quota_settle(self.key_of(reservation), reservation.lease, billed)
 

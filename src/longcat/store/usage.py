@@ -283,6 +283,18 @@ class UsageStore:
                 )
             )
 
+    async def billed(self, request_ids: list[str]) -> dict[str, int]:
+        """The billed tokens of those requests that have a record (for a dead replica's leases)."""
+        out: dict[str, int] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(request_ids), 500):
+                chunk = request_ids[start : start + 500]
+                rows = await conn.execute(
+                    select(usage_records.c.request_id, usage_records.c.billed_tokens).where(usage_records.c.request_id.in_(chunk))
+                )
+                out.update({rid: int(billed) for rid, billed in rows})
+        return out
+
     async def quota_day(self, account_id: int, day: str) -> QuotaDay | None:
         async with self.engine.connect() as conn:
             row = (
