@@ -113,7 +113,7 @@ def words(n: int, tag: str = "w") -> str:
 
 def served_by(server: Server, account_id: int) -> int:
     """Requests of `account_id` this replica settled (its usage log lines)."""
-    return sum(1 for line in usage_lines(server) if line.get("account") == str(account_id))
+    return sum(1 for line in usage_lines(server) if line.get("account_id") == account_id)
 
 
 def usage_of(user: ApiUser, base_url: str) -> dict:
