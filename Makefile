@@ -16,12 +16,14 @@ ARGS   ?=
 serve: $(VENV)/.installed
 	$(BIN)/longcat serve $(ARGS)
 
+# One test process per core (pytest-xdist), each test file kept on one process: its servers and
+# fixtures are started once, and files of one kind do not fight over the same cores.
 test: $(VENV)/.dev-installed $(AGENTS)/node_modules/.installed
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n auto --dist loadfile $(ARGS)
 
 # Everything but the real agent CLIs and the embedded model: seconds, not minutes.
 test-fast: $(VENV)/.dev-installed
-	$(BIN)/pytest -q -m "not agent and not embedded" $(ARGS)
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not agent and not embedded" $(ARGS)
 
 # gateway.py and translation.py need `wrk` (Debian: apt-get install wrk); gateway.py installs
 # LiteLLM's proxy into its own venv under ~/.cache/longcat-bench on first use.
