@@ -329,9 +329,13 @@ def test_health_checks_take_a_replica_out_and_bring_it_back(front, oai, claude, 
     wait_for(lambda: not status(front, model)[label(b)]["healthy"], "beta was not taken out")
     code, kind, message, _ = refused(clients, flavour, model)
     assert code == 503 and "2 failing health checks" in message and "127.0.0.1" not in message
+    # Readiness follows the health checks: no replica of this model passes, so not ready.
+    ready = httpx.get(front.base_url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and "health check" in ready.json()["checks"][f"model:{model}"], ready.text
 
     a.health = b.health = "ok"
     wait_for(lambda: all(s["healthy"] for s in status(front, model).values()), "the replicas did not come back")
+    assert httpx.get(front.base_url + "/readyz", timeout=10).json()["checks"][f"model:{model}"] == "ok"
     answers = [ask(clients, flavour, model)[0].split()[0] for _ in range(4)]
     assert sorted(answers) == ["alpha", "alpha", "beta", "beta"], answers
     none_in_flight(front, model)

@@ -620,9 +620,14 @@ class UpstreamEngine(Engine):
         )
 
     async def readiness(self) -> str | None:
-        """Ready while at least one replica answers HTTP (asked at most every few seconds)."""
+        """Ready while at least one replica passes the health checks (with `health_path`), or
+        answers HTTP at all (asked at most every few seconds)."""
         if self._pool is None:
             return "the engine is not started"
+        if self.options.health_path:
+            # The active health checks already know; no second probe of our own.
+            healthy = sum(r.healthy for r in self._replicas.replicas)
+            return None if healthy else f"none of its {len(self._replicas.replicas)} replicas passes its health check"
         if self._probe is None:
             self._probe = ReplicaProbe(self.request_headers(), tls_context())
         return await self._probe.check([self.url(b, "/health", True) for b in self.options.base_urls])
