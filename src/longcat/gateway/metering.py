@@ -58,7 +58,9 @@ class UsageWriter:
         done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(record, done))
         try:
-            await asyncio.wait_for(asyncio.shield(done), COMMIT_WAIT)
+            # No shield: if this wait is cancelled, so is `done`, which the writer then skips.
+            async with asyncio.timeout(COMMIT_WAIT):
+                await done
         except TimeoutError:
             log.warning("usage record %s not committed after %.0f s; still queued", record.request_id, COMMIT_WAIT)
 
