@@ -34,8 +34,7 @@ from longcat.observe import metrics
 from longcat.observe.access import note_error
 from longcat.observe.health import readiness
 from longcat.observe.middleware import AccessMiddleware, tag_routes
-from longcat.protocols.anthropic_errors import anthropic_error_body
-from longcat.protocols.openai_errors import openai_error_body
+from longcat.protocols.envelope import error_body
 from longcat.store.accounts import AccountStore
 from longcat.store.db import create_engine, create_schema
 from longcat.store.keycache import follow_changes, publish_change
@@ -48,11 +47,7 @@ log = logging.getLogger("longcat.app")
 def error_response(request: Request, err: ApiError) -> Response:
     """The error in the format the caller speaks, judged by the path it called."""
     note_error(err.code)
-    if request.url.path.startswith("/anthropic"):
-        body = anthropic_error_body(err)
-    else:
-        body = openai_error_body(err)
-    return JSONBody(body, status_code=err.status, headers=err.headers)
+    return JSONBody(error_body(request.url.path, err), status_code=err.status, headers=err.headers)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -192,7 +187,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.gateway = gateway
     app.state.usage = usage
     app.state.responses = stored
-    app.state.bodies = BodyReader(idle_timeout=settings.body_timeout)
+    app.state.bodies = BodyReader(
+        idle_timeout=settings.body_timeout, max_bytes=settings.max_body_mb * 2**20, max_depth=settings.max_json_depth
+    )
     app.state.feedback = FeedbackDesk(settings, gateway.quota)
     app.state.console = Console.build(settings, gateway, app.state.feedback, app.state.secret_key)
     app.state.sessions = app.state.console.sessions  # lets /api/v1/usage and /feedback accept a session too

@@ -420,24 +420,39 @@ class ApiError(Exception):
         return f"ApiError({self.kind!r}, {self.code!r}, {self.message!r})"
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters: a message quotes what the
+    client sent, and a 2 MB model name must not come back as a 2 MB error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def invalid(message: str, *, param: str | None = None, code: str = "invalid_parameter") -> ApiError:
     """Shorthand for the most common error: a 400 about the request body."""
     return ApiError("invalid_request", code, message, param=param)
 
 
-# Far beyond any real conversation (and any context window), and cheap to refuse: decoders check
-# them before building anything.
-MAX_MESSAGES = 20_000
-MAX_TOOLS = 1_000
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """Bounds on a request's shape (the `max_*` settings). Far beyond any real conversation (and
+    any context window), and cheap to refuse: decoders check them before building anything."""
+
+    messages: int = 20_000  # messages, or a Responses request's input items
+    tools: int = 1_000
+    blocks: int = 50_000  # content blocks in all: a message's, a system prompt's, a tool result's
+
+    def check_counts(self, messages: int, tools: int, blocks: int = 0) -> None:
+        """A 400 for a request with more messages, tools or content blocks than any real one has."""
+        if messages > self.messages or tools > self.tools:
+            raise invalid(
+                f"A request may hold at most {self.messages:,} messages and {self.tools:,} tools.",
+                param="messages" if messages > self.messages else "tools",
+            )
+        if blocks > self.blocks:
+            raise invalid(f"A request may hold at most {self.blocks:,} content blocks in all.", param="messages")
 
 
-def check_counts(messages: int, tools: int) -> None:
-    """A 400 for a request with more messages or tools than any real one has."""
-    if messages > MAX_MESSAGES or tools > MAX_TOOLS:
-        raise invalid(
-            f"A request may hold at most {MAX_MESSAGES:,} messages and {MAX_TOOLS:,} tools.",
-            param="messages" if messages > MAX_MESSAGES else "tools",
-        )
+DEFAULT_LIMITS = Limits()
 
 
 RATE_LIMIT_MESSAGE = "Request rate limit exceeded, please try again later"

@@ -99,6 +99,15 @@ class Settings:
     # Open connections; beyond it the oldest idle or half-sent one makes room, else the newest
     # is closed. 0: as many as the process's file descriptors allow, less a margin.
     max_connections: int = 0
+    # Bounds on one request, each refused in the caller's format: its headers in KiB (431), its
+    # body in MiB (413), the body's JSON nesting depth (400; at most 256), and its messages (or
+    # input items), tool definitions and content blocks in all (400).
+    max_header_kb: int = 64
+    max_body_mb: int = 32
+    max_json_depth: int = 128
+    max_messages: int = 20_000
+    max_tools: int = 1_000
+    max_content_blocks: int = 50_000
     # Seconds a server waits for in-flight requests when asked to stop.
     shutdown_grace: float = 10.0
     # Processes serving the one port (`longcat serve --workers N`); more than 1 needs redis_url.
@@ -186,11 +195,14 @@ RANGES: dict[str, tuple[float, float]] = {
     "session_days": (1, 3650),
     "embedded_slots": (0, 256),
     "workers": (1, 256),
+    # Deeper, and recursive code (copying, encoding) would near Python's recursion limit.
+    "max_json_depth": (1, 256),
 }
 # Numbers that must be more than 0 (a deadline of 0 s would refuse every request).
 POSITIVE = frozenset({
     "header_timeout", "body_timeout", "stream_ping_interval", "lease_seconds", "default_max_tokens",
     "account_tokenize_concurrency", "password_hash_concurrency",
+    "max_header_kb", "max_body_mb", "max_messages", "max_tools", "max_content_blocks",
 })
 # String settings with a fixed set of values (a `Literal[...]` annotation works too).
 CHOICES: dict[str, tuple[str, ...]] = {

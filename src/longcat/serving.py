@@ -5,12 +5,14 @@ sends nothing, or trickles one header line now and then, stays open forever, and
 them exhaust the file descriptors; a 20 MB header is held in memory. So here:
 - each connection gets `header_timeout` seconds to send a request's headers, counted from the
   moment it opens or its previous response ended (bytes that start no request do not reset it);
-- headers larger than `MAX_HEADER_BYTES` are answered 431 and the connection closed;
+- headers larger than `max_header_kb` are answered 431 and the connection closed;
 - the number of open connections is capped: at the cap, the oldest connection that is not being
   served (still sending its headers or body, or idle between two requests) is closed to make
   room; when every one is being served, the new connection is closed instead. A request whose
   body has arrived is never cut.
 The body's own deadlines (silence between chunks, and in all) are the routes' `BodyReader`.
+What the server answers on its own (431, 408, and 400 for bytes that are not HTTP) is the error
+body of the route the request named, as the app's errors are.
 """
 
 from __future__ import annotations
@@ -22,21 +24,48 @@ import resource
 from collections import OrderedDict
 from typing import Any
 
+from longcat import jsonutil
+from longcat.canonical import ApiError
+from longcat.protocols.envelope import error_body
+
 log = logging.getLogger("longcat.server")
 
 # File descriptors kept free for everything else: the database, Redis, upstream connections, logs.
 FD_MARGIN = 256
 MAX_DEFAULT_CONNECTIONS = 10_000
-MAX_HEADER_BYTES = 64 * 1024
-
-def _plain(status: bytes, text: bytes) -> bytes:
-    head = (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\nx-content-type-options: nosniff\r\n"
-            b"connection: close\r\n")
-    return head + b"content-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+MAX_HEADER_BYTES = 64 * 1024  # the default of the `max_header_kb` setting
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-_TIMEOUT_408 = _plain(b"408 Request Timeout", b"The request headers took too long.")
-_TOO_LARGE_431 = _plain(b"431 Request Header Fields Too Large", b"The request headers are larger than 64 KiB.")
+def error_reply(url: bytes, err: ApiError) -> bytes:
+    """A whole HTTP response for `err`, in the error format of the path in `url` (as far as it
+    arrived), closing the connection."""
+    path = url.split(b"?", 1)[0].decode("latin-1")
+    body = jsonutil.dumps(error_body(path, err))
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nx-content-type-options: nosniff\r\nconnection: close\r\n" % (
+        err.status, _REASONS[err.status])
+    return head + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+_HEAD_BYTES = 4096
+
+
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback to stop parsing headers over the limit."""
+
+
+def headers_too_slow() -> ApiError:
+    return ApiError("invalid_request", "request_timeout", "The request headers took too long.", status=408)
+
+
+def headers_too_large(limit: int) -> ApiError:
+    return ApiError(
+        "invalid_request", "headers_too_large", f"The request headers are larger than {limit / 1024:g} KiB.", status=431
+    )
+
+
+def not_http() -> ApiError:
+    return ApiError("invalid_request", "invalid_http", "The request is not valid HTTP/1.1.")
 
 
 def raise_fd_limit() -> int:
@@ -75,9 +104,10 @@ def connection_cap(setting: int, fd_limit: int) -> int:
 class ConnectionGuard:
     """Counts open connections and knows which of them may be closed to make room."""
 
-    def __init__(self, cap: int, header_timeout: float) -> None:
+    def __init__(self, cap: int, header_timeout: float, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.cap = cap
         self.header_timeout = header_timeout
+        self.max_header_bytes = max_header_bytes
         self.open = 0
         self._idle: OrderedDict[Any, None] = OrderedDict()  # not in a request, oldest first
         self.evicted = 0
@@ -115,7 +145,10 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
         _header_timer: asyncio.TimerHandle | None = None
         _counted = False
         _header_bytes = 0  # bytes received while the current headers are incomplete
+        _parsed_bytes = 0  # the current request line's and headers' bytes, as the parser reads them
         _in_headers = True
+        _head = b""  # the current request's first bytes: its path, for an error before the parser has it
+        _refusal: ApiError | None = None  # why a parser callback stopped the parser
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -126,16 +159,53 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
             self._start_header_clock()
 
         def data_received(self, data: bytes) -> None:
+            if self._in_headers and len(self._head) < _HEAD_BYTES:
+                self._head += data[: _HEAD_BYTES - len(self._head)]
             super().data_received(data)
             if self._in_headers and not self.transport.is_closing():
+                # Headers that never end: the parser holds them without a callback.
                 self._header_bytes += len(data)
-                if self._header_bytes > MAX_HEADER_BYTES:
-                    self._stop_header_clock()
-                    self.transport.write(_TOO_LARGE_431)
-                    self.transport.close()
+                if self._header_bytes > guard.max_header_bytes:
+                    self._refuse(headers_too_large(guard.max_header_bytes))
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._count_parsed(len(url))
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self._count_parsed(len(name) + len(value) + 4)
+
+        def _count_parsed(self, n: int) -> None:
+            """Headers that arrive whole in one read are counted here, as the parser reads them;
+            past the limit the parser is stopped (uvicorn then calls `send_400_response`)."""
+            self._parsed_bytes += n
+            if self._parsed_bytes > guard.max_header_bytes:
+                self._refusal = headers_too_large(guard.max_header_bytes)
+                raise _HeadersTooLarge
+
+        def send_400_response(self, msg: str) -> None:
+            # What the parser refused (uvicorn's own answer is plain text).
+            err, self._refusal = self._refusal or not_http(), None
+            self._refuse(err)
+
+        def _refuse(self, err: ApiError) -> None:
+            self._stop_header_clock()
+            if not self.transport.is_closing():
+                self.transport.write(error_reply(self._url(), err))
+                self.transport.close()
+
+        def _url(self) -> bytes:
+            """The request's path, from the parser, else from the request line as it arrived."""
+            url = getattr(self, "url", b"")
+            if not url and self._head:
+                words = self._head.split(b"\r\n", 1)[0].split(b" ")
+                url = words[1] if len(words) > 1 else b""
+            return url
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._parsed_bytes = 0
             self._in_headers = True
             if self._header_timer is None:
                 self._start_header_clock()
@@ -144,6 +214,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
             self._stop_header_clock()
             self._in_headers = False
             self._header_bytes = 0
+            self._head = b""
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -178,9 +249,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None
-            if not self.transport.is_closing():
-                self.transport.write(_TIMEOUT_408)
-                self.transport.close()
+            self._refuse(headers_too_slow())
 
     return GuardedProtocol
 
@@ -196,7 +265,9 @@ def build_server(app: Any, settings: Any, on_exit, *, on_started=None, ignore_si
     import uvicorn
 
     keep_big_blocks_returnable()
-    guard = ConnectionGuard(connection_cap(settings.max_connections, raise_fd_limit()), settings.header_timeout)
+    guard = ConnectionGuard(
+        connection_cap(settings.max_connections, raise_fd_limit()), settings.header_timeout, settings.max_header_kb * 1024
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

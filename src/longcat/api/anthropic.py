@@ -27,7 +27,7 @@ from longcat.api.asgi import (
     with_keepalive,
 )
 from longcat.api.models import model_detail
-from longcat.canonical import ApiError, Event, invalid
+from longcat.canonical import ApiError, Event, invalid, shown
 from longcat.config import ModelConfig
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
@@ -56,7 +56,7 @@ async def messages(request: Request) -> Response:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
         verify = partial(signer.verify_thinking, account=owner.account_id)
-        chat = await decode_body(body, anthropic.decode, body.data, verify_thinking=verify)
+        chat = await decode_body(body, anthropic.decode, body.data, verify_thinking=verify, limits=gateway.limits)
         if chat.stream:
             call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="messages"))
         else:  # admitted and collected under one watch of the connection
@@ -130,7 +130,9 @@ async def count_tokens(request: Request) -> Response:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
         verify = partial(_signer(request).verify_thinking, account=owner.account_id)
-        chat = await decode_body(body, anthropic.decode, body.data, verify_thinking=verify, count_only=True)
+        chat = await decode_body(
+            body, anthropic.decode, body.data, verify_thinking=verify, count_only=True, limits=gateway.limits
+        )
         tokens = await until_disconnect(request.receive, gateway.count_tokens(owner, chat))
     except ApiError as err:
         return anthropic_error(err)
@@ -179,7 +181,7 @@ def _page(items: list[dict[str, Any]], query: Any) -> dict[str, Any]:
     after, before = query.get("after_id"), query.get("before_id")
     for name, value in (("after_id", after), ("before_id", before)):
         if value and value not in ids:
-            raise invalid(f"'{name}' {value!r} is not a model id.", param=name)
+            raise invalid(f"'{name}' {shown(value)} is not a model id.", param=name)
     if before:
         end = ids.index(before)
         chosen, has_more = items[max(0, end - limit) : end], end - limit > 0

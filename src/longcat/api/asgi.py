@@ -26,9 +26,9 @@ from starlette.types import Receive, Scope, Send
 from longcat import jsonutil
 from longcat.canonical import ApiError
 from longcat.engines.scheduler import FairScheduler
-from longcat.protocols.fields import parse_json_object
+from longcat.protocols.fields import MAX_DEPTH, parse_json_object
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BODY_BYTES = 32 * 1024 * 1024  # the default of the `max_body_mb` setting
 LARGE_BODY_BYTES = 1024 * 1024  # bodies above this take one of few "large body" slots
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed on a worker thread
 
@@ -75,12 +75,20 @@ class ParsedBody:
 class BodyReader:
     """Reads and parses JSON request bodies for the routes (one per app, on `app.state`).
 
-    A body may go `idle_timeout` seconds without a byte, and take six times that in all."""
+    A body may go `idle_timeout` seconds without a byte, and take six times that in all; it may
+    hold at most `max_bytes` (else 413) and nest at most `max_depth` levels (else 400)."""
 
-    def __init__(self, idle_timeout: float = 10.0, large_at_once: int = 4, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        idle_timeout: float = 10.0,
+        large_at_once: int = 4,
+        max_bytes: int = MAX_BODY_BYTES,
+        max_depth: int = MAX_DEPTH,
+    ) -> None:
         self.idle_timeout = idle_timeout
         self.total_timeout = 6 * idle_timeout
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
         # Memory for bodies in flight stays near `large_at_once` x `max_bytes`, whatever the load.
         self.large = FairScheduler(
             slots=large_at_once, max_waiting=64, per_tenant=1, per_tenant_waiting=1, what="reading large request bodies"
@@ -89,7 +97,12 @@ class BodyReader:
         self._parsing = asyncio.Lock()
 
     def _too_large(self) -> ApiError:
-        return ApiError("invalid_request", "invalid_parameter", f"The request body is larger than {self.max_bytes // 2**20} MiB.")
+        return ApiError(
+            "invalid_request",
+            "request_too_large",
+            f"The request body is larger than {self.max_bytes / 2**20:g} MiB.",
+            status=413,
+        )
 
     async def json(self, request: Request, tenant: str) -> ParsedBody:
         """The body as a JSON object; `tenant` (the account) waits its turn for a large one."""
@@ -123,8 +136,8 @@ class BodyReader:
                 # One at a time: the parser holds the interpreter's lock while it runs, so two
                 # parses at once would keep the event loop waiting for both.
                 async with self._parsing:
-                    return ParsedBody(await asyncio.to_thread(parse_json_object, raw), len(raw))
-            return ParsedBody(parse_json_object(raw), len(raw))
+                    return ParsedBody(await asyncio.to_thread(parse_json_object, raw, self.max_depth), len(raw))
+            return ParsedBody(parse_json_object(raw, self.max_depth), len(raw))
         finally:
             if held:
                 self.large.release(tenant)

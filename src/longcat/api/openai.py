@@ -42,7 +42,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         owner = await gateway.authenticate(request.headers)
         body = await read_json(request, str(owner.account_id))
-        chat = await decode_body(body, openai_chat.decode, body.data)
+        chat = await decode_body(body, openai_chat.decode, body.data, limits=gateway.limits)
         if chat.stream:
             call = await until_disconnect(request.receive, gateway.admit(owner, chat, endpoint="chat.completions"))
         else:  # admitted and collected under one watch of the connection

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from longcat.api.asgi import JSONBody, read_json
 from longcat.api.openai import openai_error
-from longcat.canonical import ApiError, invalid
+from longcat.canonical import ApiError, invalid, shown
 from longcat.gateway.clock import beijing_day
 from longcat.gateway.feedback import parse_submission, quota_body
 from longcat.gateway.pipeline import Gateway
@@ -34,7 +34,7 @@ def _day(value: str | None, today: str) -> str:
     try:
         dt.date.fromisoformat(value)
     except ValueError:
-        raise invalid(f"'day' {value!r} is not a real date.", param="day") from None
+        raise invalid(f"'day' {shown(value)} is not a real date.", param="day") from None
     return value
 
 

@@ -24,7 +24,7 @@ from longcat.api.asgi import (
     until_disconnect,
 )
 from longcat.api.openai import openai_error
-from longcat.canonical import ApiError, Error, Event, invalid
+from longcat.canonical import ApiError, Error, Event, invalid, shown
 from longcat.gateway.pipeline import Gateway
 from longcat.gateway.signing import Signer
 from longcat.observe.access import note_error
@@ -75,7 +75,9 @@ async def create_response(request: Request) -> Response:
         seals = _Seals(request.app.state.signer, owner.account_id)
         body = await read_json(request, str(owner.account_id))
         history = await _history(store, owner, openai_responses.previous_response_id(body.data))
-        decoded = await decode_body(body, openai_responses.decode, body.data, history, open_seal=seals.opener)
+        decoded = await decode_body(
+            body, openai_responses.decode, body.data, history, open_seal=seals.opener, limits=gateway.limits
+        )
         call = await until_disconnect(request.receive, gateway.admit(owner, decoded.chat, endpoint="responses"))
         # The response object reports the sampling values the engine really uses.
         sampling = call.engine.sampling(call.request)
@@ -112,13 +114,13 @@ async def _history(store: ResponseStore, owner: KeyOwner, response_id: str | Non
         raise ApiError(
             "invalid_request",
             "previous_response_not_found",
-            f"Previous response with id {response_id!r} not found. Only responses created with store=true "
+            f"Previous response with id {shown(response_id)} not found. Only responses created with store=true "
             f"by this account can be continued.",
             param="previous_response_id",
         )
     if stored.size > MAX_HISTORY_CHARS:
         raise invalid(
-            f"The conversation of {response_id!r} is too long to continue with previous_response_id "
+            f"The conversation of {shown(response_id)} is too long to continue with previous_response_id "
             f"({stored.size / 2**20:.0f} MB of {MAX_HISTORY_CHARS // 2**20} MB); send the input items yourself.",
             param="previous_response_id",
         )
@@ -216,7 +218,7 @@ async def delete_response(request: Request) -> Response:
 
 def _not_found(response_id: str) -> ApiError:
     # The same answer whether the id never existed or belongs to another account.
-    return ApiError("not_found", "not_found", f"No response found with id {response_id!r}.", param="response_id")
+    return ApiError("not_found", "not_found", f"No response found with id {shown(response_id)}.", param="response_id")
 
 
 def routes() -> list[BaseRoute]:

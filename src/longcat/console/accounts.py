@@ -25,7 +25,7 @@ from longcat.console.web import (
     safe_next,
     set_cookie,
 )
-from longcat.gateway.actions import ActionError
+from longcat.gateway.actions import ActionError, row_id
 from longcat.gateway.principal import SESSION_COOKIE, Principal
 
 ACCOUNT = obj(id=I, email=S, is_admin=B, email_verified=B, created_at=I)
@@ -133,10 +133,7 @@ async def change_password(ctx: Ctx) -> Response:
 @page()
 async def revoke_session(ctx: Ctx) -> Response:
     assert ctx.user is not None
-    try:
-        sid = int(ctx.request.path_params["session_id"])
-    except ValueError:
-        sid = -1
+    sid = row_id(ctx.request.path_params["session_id"]) or -1
     await ctx.c.sessions.delete_id(ctx.user.account.id, sid)
     if ctx.user.session and sid == ctx.user.session.id:
         ctx.sign_out()
@@ -277,10 +274,7 @@ async def api_sessions(request: Request, who: Principal | None) -> Response:
 @endpoint(mutation=True)
 async def api_revoke_session(request: Request, who: Principal | None) -> Response:
     assert who is not None
-    try:
-        sid = int(request.path_params["session_id"])
-    except ValueError:
-        sid = -1
+    sid = row_id(request.path_params["session_id"]) or -1
     if not await console(request).sessions.delete_id(who.account.id, sid):
         raise ActionError("not_found", "There is no such session in this account.", 404)
     return json_ok({"revoked": sid})

@@ -24,7 +24,7 @@ from longcat.console import charts
 from longcat.console.apispec import NS, Api, I, S, arr, obj
 from longcat.console.state import Console
 from longcat.console.web import Ctx, console, endpoint, json_ok, page
-from longcat.gateway.actions import N_, ActionError
+from longcat.gateway.actions import N_, ActionError, row_id
 from longcat.gateway.clock import BEIJING, beijing_day
 from longcat.gateway.feedback import quota_body
 from longcat.gateway.principal import Principal
@@ -52,15 +52,15 @@ def parse_filter(query, account_id: int | None, today: str, admin: bool = False)
     raw = {k: (query.get(k) or "").strip()[:200] for k in FILTER_KEYS}
     key_id = None
     if raw["key"]:
-        if not raw["key"].isdigit():
+        key_id = row_id(raw["key"])
+        if key_id is None:
             raise ActionError("invalid_key", N_("Choose a key from the list."), field="key")
-        key_id = int(raw["key"])
     if raw["status"] and raw["status"] not in STATUSES:
         raise ActionError("invalid_status", N_("Choose a status from the list."), field="status")
     if admin and raw["account"]:
-        if not raw["account"].isdigit():
+        account_id = row_id(raw["account"])
+        if account_id is None:
             raise ActionError("invalid_account", N_("The account is a number."), field="account")
-        account_id = int(raw["account"])
     day_from = _day(raw["from"], "from")
     day_to = _day(raw["to"], "to")
     if not day_from and not day_to:

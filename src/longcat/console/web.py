@@ -10,7 +10,6 @@ JSON endpoints (`@endpoint(…)`) accept a session cookie (mutations then need t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from longcat.gateway.actions import N_, ActionError
 from longcat.gateway.principal import PRE_COOKIE, SESSION_COOKIE, Principal, from_key, from_session, has_key
 from longcat.gateway.sessions import csrf_ok, csrf_token
 from longcat.httpkit import client_address, trusted_peer
+from longcat.protocols.fields import parse_json_object
 from longcat.protocols.openai_errors import openai_error_body
 
 log = logging.getLogger("longcat.console")
@@ -122,14 +122,12 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 async def read_json_body(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, Any]:
+    """The body as a JSON object (none is `{}`), read as the API's bodies are: bounded nesting
+    (a depth bomb is a 400, not a parser's recursion error), lone surrogates replaced."""
     raw = await read_body(request, limit)
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise ActionError("invalid_json", N_("The request body is not valid JSON."), 400) from None
-    if not isinstance(body, dict):
-        raise ActionError("invalid_json", N_("The request body must be a JSON object."), 400)
-    return body
+    if not raw.strip():
+        return {}
+    return parse_json_object(raw, console(request).settings.max_json_depth)
 
 
 # ------------------------------------------------------------------------------ pages

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from longcat.canonical import ApiError
+from longcat.canonical import ApiError, shown
 from longcat.config import ConfigError, ModelConfig, Settings
 from longcat.engines.base import Engine
 
@@ -86,7 +86,7 @@ class Catalog:
             raise ApiError(
                 "invalid_request",
                 "invalid_parameter",
-                f"The model {model_id!r} does not exist. Available models: {known}.",
+                f"The model {shown(model_id)} does not exist. Available models: {known}.",
                 param="model",
             )
         return self.models[model_id], engine
@@ -94,5 +94,5 @@ class Catalog:
     def lookup(self, model_id: str) -> tuple[ModelConfig, Engine]:
         """For the model routes: an unknown id is a 404 there (a 400 in a generation request)."""
         if model_id not in self.models:
-            raise ApiError("not_found", "model_not_found", f"The model {model_id!r} does not exist.", param="model")
+            raise ApiError("not_found", "model_not_found", f"The model {shown(model_id)} does not exist.", param="model")
         return self.models[model_id], self.engines[model_id]

@@ -38,6 +38,21 @@ _NOT_FOUND = {
 }
 
 
+# The largest id a database column holds (BIGINT; SQLite's INTEGER).
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(value: Any) -> int | None:
+    """A database id from a path, a query or a form, or None for anything else: a number too large
+    for the column is not an id either (SQLite raises OverflowError for it and PostgreSQL a
+    DataError, a 500 both). Only ASCII digits: `str.isdigit` also takes '²', which `int` refuses."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not text.isascii() or not text.isdigit():
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ROW_ID else None
+
+
 def not_found(what: str = "key") -> ActionError:
     return ActionError("not_found", _NOT_FOUND[what], 404)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from longcat.config import Settings
-from longcat.gateway.actions import N_, ActionError, not_found
+from longcat.gateway.actions import N_, ActionError, not_found, row_id
 from longcat.gateway.clock import beijing_day
 from longcat.gateway.keys import KeyDesk
 from longcat.gateway.principal import Principal
@@ -74,10 +74,8 @@ class AdminDesk:
         await self.audit.record(actor.account.id, actor.account.email, action, **kw)
 
     async def user(self, account_id: Any) -> dict[str, Any]:
-        try:
-            row = await self.accounts.account_row(int(account_id))
-        except (TypeError, ValueError, OverflowError):
-            row = None
+        number = row_id(account_id)
+        row = await self.accounts.account_row(number) if number is not None else None
         if row is None:
             raise not_found("account")
         return row
@@ -153,13 +151,10 @@ class AdminDesk:
         return invite_view(invite), code
 
     async def revoke_invite(self, actor: Principal, invite_id: Any) -> None:
-        try:
-            ok = await self.invites.revoke(int(invite_id))
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
+        number = row_id(invite_id)
+        if number is None or not await self.invites.revoke(number):
             raise not_found("invite")
-        await self._log(actor, "invite.revoke", invite_id=int(invite_id))
+        await self._log(actor, "invite.revoke", invite_id=number)
 
     async def list_invites(self) -> list[dict[str, Any]]:
         return [invite_view(i) for i in await self.invites.list()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from longcat.config import Settings
-from longcat.gateway.actions import N_, ActionError, not_found
+from longcat.gateway.actions import N_, ActionError, not_found, row_id
 from longcat.store.accounts import (
     MAX_ACTIVE_KEYS,
     MAX_LIFETIME_KEYS,
@@ -83,10 +83,8 @@ class KeyDesk:
 
     async def _own(self, account_id: int | None, key_id: Any) -> ApiKey:
         """The key, if `account_id` owns it (None: an admin, any account)."""
-        try:
-            key = await self.accounts.get_key(int(key_id))
-        except (TypeError, ValueError, OverflowError):
-            raise not_found() from None
+        number = row_id(key_id)
+        key = await self.accounts.get_key(number) if number is not None else None
         if key is None or key.status == "deleted" or (account_id is not None and key.account_id != account_id):
             raise not_found()
         return key

@@ -25,10 +25,10 @@ from longcat.canonical import (
     Error,
     Event,
     Finish,
+    Limits,
     TextDelta,
     ThinkingDelta,
     ToolCallStart,
-    check_counts,
     collect,
 )
 from longcat.config import ModelConfig, Settings
@@ -82,6 +82,11 @@ class _ShuttingDown(Exception):
     """Raised inside `events` when the shutdown's grace period is over."""
 
 
+def _count(n: int) -> str:
+    """A count for a message: 1e308 as a client may send it is 309 digits long."""
+    return f"{n:,}" if n < 10**15 else f"a number of {len(str(n))} digits"
+
+
 class Gateway:
     def __init__(
         self,
@@ -94,6 +99,8 @@ class Gateway:
         secret: bytes = b"",
     ) -> None:
         self.settings = settings
+        # The shape a request may have (decoders check it before building anything, admission again).
+        self.limits = Limits(settings.max_messages, settings.max_tools, settings.max_content_blocks)
         self.accounts = accounts
         self.catalog = catalog
         self.usage = usage
@@ -199,7 +206,7 @@ class Gateway:
         A tokenization in progress cannot be interrupted, so when the client leaves it runs on,
         holding its place at the gate until it is really done: abandoning requests cannot pile
         up work behind the gate's back."""
-        check_counts(len(request.messages), len(request.tools))
+        self.limits.check_counts(len(request.messages), len(request.tools))
         at_least = engine.min_prompt_tokens(request)
         if at_least >= model.context_window:
             raise context_exceeded(model, at_least, at_least=True)
@@ -258,7 +265,7 @@ class Gateway:
             raise ApiError(
                 "invalid_request",
                 "invalid_parameter",
-                f"max_tokens is {request.max_tokens:,}, but the model {model.id!r} can write at most "
+                f"max_tokens is {_count(request.max_tokens)}, but the model {model.id!r} can write at most "
                 f"{model.max_output:,} tokens per reply.",
                 param="max_tokens",
             )

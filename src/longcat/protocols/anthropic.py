@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from longcat.canonical import (
+    DEFAULT_LIMITS,
     ApiError,
     Block,
     ChatRequest,
@@ -26,6 +27,7 @@ from longcat.canonical import (
     Finish,
     FinishReason,
     ImageBlock,
+    Limits,
     Message,
     ResponseFormat,
     TextBlock,
@@ -40,11 +42,12 @@ from longcat.canonical import (
     ToolSpec,
     ToolUseBlock,
     Usage,
-    check_counts,
     invalid,
+    shown,
 )
 from longcat.protocols.anthropic_errors import anthropic_error_body
 from longcat.protocols.fields import (
+    count_blocks,
     get_bool,
     get_int,
     get_list,
@@ -76,7 +79,9 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 # ---------------------------------------------------------------------------------------- decode
 
 
-def decode(body: dict[str, Any], *, verify_thinking: VerifyThinking, count_only: bool = False) -> ChatRequest:
+def decode(
+    body: dict[str, Any], *, verify_thinking: VerifyThinking, count_only: bool = False, limits: Limits = DEFAULT_LIMITS
+) -> ChatRequest:
     """A Messages request body -> `ChatRequest`. `count_only` is for `count_tokens`, where
     `max_tokens` is not part of the request."""
     model = get_str(body, "model", required=True)
@@ -87,7 +92,9 @@ def decode(body: dict[str, Any], *, verify_thinking: VerifyThinking, count_only:
     raw_messages = get_list(body, "messages")
     if not raw_messages:
         raise invalid("'messages' must be a non-empty array of messages.", param="messages")
-    check_counts(len(raw_messages), len(get_list(body, "tools") or []))
+    system_blocks = body.get("system")
+    blocks = count_blocks(raw_messages, limits.blocks) + (len(system_blocks) if isinstance(system_blocks, list) else 0)
+    limits.check_counts(len(raw_messages), len(get_list(body, "tools") or []), blocks)
     system = _decode_system(body.get("system"))
     messages = _decode_messages(raw_messages, system, verify_thinking)
 
@@ -151,7 +158,7 @@ def _text_blocks(raw: list[Any], where: str) -> list[TextBlock]:
         if not isinstance(block, dict):
             raise wrong_type(at, "a text block object", block)
         if block.get("type") != "text":
-            raise invalid(f"'{at}.type' must be 'text' here; got {block.get('type')!r}.", param=f"{at}.type")
+            raise invalid(f"'{at}.type' must be 'text' here; got {shown(block.get('type'))}.", param=f"{at}.type")
         out.append(TextBlock(_required_str(block, "text", at)))
     return out
 
@@ -174,7 +181,7 @@ def _decode_messages(raw: list[Any], system: list[TextBlock], verify: VerifyThin
         elif role in ("user", "assistant"):
             messages.append(Message(role, _content_blocks(content, f"{where}.content", verify)))
         else:
-            raise invalid(f"'{where}.role' must be 'user' or 'assistant'; got {role!r}.", param=f"{where}.role")
+            raise invalid(f"'{where}.role' must be 'user' or 'assistant'; got {shown(role)}.", param=f"{where}.role")
     if not messages:
         raise invalid("'messages' must contain at least one user or assistant message.", param="messages")
     return messages
@@ -215,7 +222,7 @@ def _content_blocks(content: Any, where: str, verify: VerifyThinking) -> list[Bl
             blocks.append(ThinkingBlock("", signature=str(block.get("data", "")), redacted=True))
         else:
             raise invalid(
-                f"'{at}.type' {kind!r} is not supported; use text, image, document (text), tool_use, "
+                f"'{at}.type' {shown(kind)} is not supported; use text, image, document (text), tool_use, "
                 "tool_result, thinking or redacted_thinking.",
                 param=f"{at}.type",
             )
@@ -240,13 +247,13 @@ def _image(block: dict[str, Any], at: str) -> ImageBlock:
         media_type = _required_str(source, "media_type", f"{at}.source")
         if media_type not in IMAGE_TYPES:
             raise invalid(
-                f"'{at}.source.media_type' must be one of {', '.join(IMAGE_TYPES)}; got {media_type!r}.",
+                f"'{at}.source.media_type' must be one of {', '.join(IMAGE_TYPES)}; got {shown(media_type)}.",
                 param=f"{at}.source.media_type",
             )
         return ImageBlock(media_type=media_type, data=_required_str(source, "data", f"{at}.source"))
     if kind == "url":
         return ImageBlock(url=_required_str(source, "url", f"{at}.source"))
-    raise invalid(f"'{at}.source.type' must be 'base64' or 'url'; got {kind!r}.", param=f"{at}.source.type")
+    raise invalid(f"'{at}.source.type' must be 'base64' or 'url'; got {shown(kind)}.", param=f"{at}.source.type")
 
 
 def _document(block: dict[str, Any], at: str) -> TextBlock:
@@ -292,7 +299,7 @@ def _tool_result(block: dict[str, Any], at: str) -> ToolResultBlock:
             elif kind == "document":
                 parts.append(_document(part, where))
             else:
-                raise invalid(f"'{where}.type' must be text, image or document; got {kind!r}.", param=f"{where}.type")
+                raise invalid(f"'{where}.type' must be text, image or document; got {shown(kind)}.", param=f"{where}.type")
     elif content is not None:
         raise wrong_type(f"{at}.content", "a string or an array of content blocks", content)
     is_error = get_bool(block, "is_error", param=f"{at}.is_error")
@@ -348,7 +355,7 @@ def _decode_tool_choice(raw: Any, tools: list[ToolSpec]) -> ToolChoice:
     if kind == "tool":
         name = raw.get("name")
         if not isinstance(name, str) or name not in {t.name for t in tools}:
-            raise invalid(f"'tool_choice.name' must name one of the tools; got {name!r}.", param="tool_choice.name")
+            raise invalid(f"'tool_choice.name' must name one of the tools; got {shown(name)}.", param="tool_choice.name")
         return ToolChoice("tool", name, parallel=parallel)
     raise invalid("'tool_choice.type' must be 'auto', 'any', 'tool' or 'none'.", param="tool_choice.type")
 

@@ -20,6 +20,8 @@ ANTHROPIC_TYPES = {
 
 def anthropic_error_body(err: ApiError) -> dict[str, Any]:
     """`{"type": "error", "error": {"type", "message", "code"}}` plus extras (e.g. `retry_after`)."""
-    error: dict[str, Any] = {"type": ANTHROPIC_TYPES[err.kind], "message": err.message, "code": err.code}
+    # A body over the size limit has a type of its own in Anthropic's API.
+    kind = "request_too_large" if err.status == 413 else ANTHROPIC_TYPES[err.kind]
+    error: dict[str, Any] = {"type": kind, "message": err.message, "code": err.code}
     error.update(err.extra)
     return {"type": "error", "error": error}

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from longcat.canonical import (
+    DEFAULT_LIMITS,
     ApiError,
     Block,
     ChatRequest,
@@ -21,6 +22,7 @@ from longcat.canonical import (
     Event,
     Finish,
     ImageBlock,
+    Limits,
     Message,
     ResponseFormat,
     TextBlock,
@@ -34,10 +36,11 @@ from longcat.canonical import (
     ToolSpec,
     ToolUseBlock,
     Usage,
-    check_counts,
     invalid,
+    shown,
 )
 from longcat.protocols.fields import (
+    count_blocks,
     get_bool,
     get_int,
     get_list,
@@ -62,12 +65,12 @@ FINISH_REASONS = {
 # ---------------------------------------------------------------------------------------- decode
 
 
-def decode(body: dict[str, Any]) -> ChatRequest:
+def decode(body: dict[str, Any], *, limits: Limits = DEFAULT_LIMITS) -> ChatRequest:
     model = get_str(body, "model", required=True)
     raw_messages = get_list(body, "messages")
     if not raw_messages:
         raise invalid("'messages' must be a non-empty array of messages.", param="messages")
-    check_counts(len(raw_messages), len(get_list(body, "tools") or []))
+    limits.check_counts(len(raw_messages), len(get_list(body, "tools") or []), count_blocks(raw_messages, limits.blocks))
 
     n = get_int(body, "n", minimum=1)
     if n is not None and n > 1:
@@ -162,7 +165,7 @@ def _decode_messages(raw: list[Any]) -> tuple[list[TextBlock], list[Message]]:
                 messages.append(Message("user", [result]))
         else:
             raise invalid(
-                f"'{where}.role' must be one of system, developer, user, assistant or tool; got {role!r}.",
+                f"'{where}.role' must be one of system, developer, user, assistant or tool; got {shown(role)}.",
                 param=f"{where}.role",
             )
     if not messages:
@@ -212,7 +215,7 @@ def _content_blocks(content: Any, where: str) -> list[Block]:
             blocks.append(TextBlock(str(part.get("refusal", ""))))
         else:
             raise invalid(
-                f"'{at}.type' {kind!r} is not supported; use 'text' or 'image_url'.",
+                f"'{at}.type' {shown(kind)} is not supported; use 'text' or 'image_url'.",
                 param=f"{at}.type",
             )
     return blocks
@@ -279,7 +282,7 @@ def _decode_tool_choice(raw: Any, tools: list[ToolSpec]) -> ToolChoice:
         name = (raw.get("function") or {}).get("name") if isinstance(raw.get("function"), dict) else raw.get("name")
         if raw.get("type") in ("function", None) and isinstance(name, str):
             if name not in {t.name for t in tools}:
-                raise invalid(f"'tool_choice' names the function {name!r}, which is not in 'tools'.", param="tool_choice")
+                raise invalid(f"'tool_choice' names the function {shown(name)}, which is not in 'tools'.", param="tool_choice")
             return ToolChoice("tool", name)
     raise invalid(
         "'tool_choice' must be 'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": …}}.",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from longcat.canonical import (
+    DEFAULT_LIMITS,
     ApiError,
     Block,
     ChatRequest,
@@ -27,6 +28,7 @@ from longcat.canonical import (
     Event,
     Finish,
     ImageBlock,
+    Limits,
     Message,
     ResponseFormat,
     Sampling,
@@ -42,10 +44,11 @@ from longcat.canonical import (
     ToolSpec,
     ToolUseBlock,
     Usage,
-    check_counts,
     invalid,
+    shown,
 )
 from longcat.protocols.fields import (
+    count_blocks,
     get_bool,
     get_int,
     get_list,
@@ -117,7 +120,11 @@ def previous_response_id(body: dict[str, Any]) -> str | None:
 
 
 def decode(
-    body: dict[str, Any], history: list[dict[str, Any]] | None = None, *, open_seal: OpenSeal | None = None
+    body: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    *,
+    open_seal: OpenSeal | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ResponsesRequest:
     """The request as a canonical one. `open_seal` opens the `encrypted_content` of replayed
     reasoning items (see `gateway.signing`): reasoning it opens is verified, other reasoning is
@@ -128,7 +135,11 @@ def decode(
             raise invalid(f"'{unsupported}' is not supported on this platform; {hint}.", param=unsupported)
 
     raw_items = _input_items(body.get("input"))
-    check_counts(len(raw_items) + len(history or []), len(get_list(body, "tools") or []))
+    limits.check_counts(
+        len(raw_items) + len(history or []),
+        len(get_list(body, "tools") or []),
+        count_blocks(raw_items, limits.blocks) + count_blocks(history or [], limits.blocks),
+    )
     own_items = [_kept(item) for item in raw_items]
     items = list(history or []) + own_items
     system, messages = _conversation(items, len(history or []), open_seal)
@@ -286,7 +297,7 @@ def _conversation(items: list[dict[str, Any]], offset: int, open_seal: OpenSeal 
                 assistant_turn().content.extend(b for b in blocks if not (isinstance(b, TextBlock) and not b.text))
             else:
                 raise invalid(
-                    f"'{where}.role' must be one of user, assistant, system or developer; got {role!r}.", param=f"{where}.role"
+                    f"'{where}.role' must be one of user, assistant, system or developer; got {shown(role)}.", param=f"{where}.role"
                 )
         elif kind in ("function_call", "custom_tool_call"):
             call_id, name = item.get("call_id"), item.get("name")
@@ -348,7 +359,7 @@ def _content_blocks(content: Any, where: str) -> list[Block]:
                 )
             blocks.append(image_from_url(url))
         else:
-            raise invalid(f"'{at}.type' {kind!r} is not supported; send input_text or input_image parts.", param=f"{at}.type")
+            raise invalid(f"'{at}.type' {shown(kind)} is not supported; send input_text or input_image parts.", param=f"{at}.type")
     return blocks
 
 
@@ -460,7 +471,7 @@ def _decode_tool_choice(raw: Any, tools: list[ToolSpec]) -> tuple[ToolChoice, st
             if not isinstance(name, str) or not name:
                 raise invalid("'tool_choice.name' is required for a function tool choice.", param="tool_choice.name")
             if name not in {t.name for t in tools}:
-                raise invalid(f"'tool_choice' names the function {name!r}, which is not in 'tools'.", param="tool_choice")
+                raise invalid(f"'tool_choice' names the function {shown(name)}, which is not in 'tools'.", param="tool_choice")
             return ToolChoice("tool", name), {"type": "function", "name": name}
         if kind == "allowed_tools":
             mode = raw.get("mode", "auto")
