@@ -2,6 +2,7 @@
 # make test   - set up (first time) and run the whole test suite
 # make bench  - run the benchmarks in bench/ (engine, gateway, translation, upstream, console; each prints a ratio)
 # make soak   - the platform's memory over a 10-minute soak at 50 requests/s (ARGS="--minutes 1" to try it)
+# make fuzz   - the hostile-input suite (tests/hostile/) with many examples (LONGCAT_FUZZ_EXAMPLES per test, default 500)
 # make messages - bring the console's translation catalogs up to date with the sources
 # make audit  - pip-audit of the installed environment (needs the OSV vulnerability database online)
 
@@ -11,7 +12,7 @@ BIN     = $(VENV)/bin
 AGENTS  = tests/e2e/agents
 ARGS   ?=
 
-.PHONY: serve test test-fast bench soak lint messages audit clean
+.PHONY: serve test test-fast fuzz bench soak lint messages audit clean
 
 serve: $(VENV)/.installed
 	$(BIN)/longcat serve $(ARGS)
@@ -24,6 +25,12 @@ test: $(VENV)/.dev-installed $(AGENTS)/node_modules/.installed
 # Everything but the real agent CLIs and the embedded model: seconds, not minutes.
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -q -n auto --dist loadfile -m "not agent and not embedded" $(ARGS)
+
+# CI runs tests/hostile/ with a few derandomized examples per test; this explores with fresh
+# randomness and many more (about 15 minutes at 500).
+FUZZ_EXAMPLES ?= 500
+fuzz: $(VENV)/.dev-installed
+	LONGCAT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -m fuzz -o timeout=3600 tests/hostile $(ARGS)
 
 # gateway.py and translation.py need `wrk` (Debian: apt-get install wrk); gateway.py installs
 # LiteLLM's proxy into its own venv under ~/.cache/longcat-bench on first use.

@@ -99,7 +99,7 @@ def test_streaming_errors_before_output_are_plain_http_errors(mock_server):
 
 HOSTILE = [
     ("400-digit temperature", b'{"model":"mock-echo","messages":[{"role":"user","content":"x"}],"temperature":' + b"9" * 400 + b"}", "'temperature' is out of range"),
-    ("5000-digit seed", b'{"model":"mock-echo","messages":[{"role":"user","content":"x"}],"seed":' + b"9" * 5000 + b"}", "not valid JSON"),
+    ("5000-digit seed", b'{"model":"mock-echo","messages":[{"role":"user","content":"x"}],"seed":' + b"9" * 5000 + b"}", "a number with too many digits"),
     ("nested 2000 deep", b'{"model":"mock-echo","x":' + b"[" * 2000 + b"]" * 2000 + b"}", "nests deeper"),
     ("nested 300 deep", b'{"model":"mock-echo","x":' + b"[" * 300 + b"]" * 300 + b"}", "nests deeper"),
 ]
