@@ -40,6 +40,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/translation.py
 	$(BIN)/python bench/upstream.py
 	$(BIN)/python bench/console_usage.py
+	$(BIN)/python bench/body_checks.py
 
 # Not in CI: ten minutes by default.
 soak: $(VENV)/.dev-installed

@@ -24,6 +24,15 @@ def loads(data: str | bytes) -> Any:
         return json.loads(data)
 
 
+def loads_noting_fallback(data: str | bytes) -> tuple[Any, bool]:
+    """`loads`, and whether the standard library parsed it: only then can the value hold what
+    orjson refuses (NaN, Infinity, integers beyond 64 bits, lone surrogates)."""
+    try:
+        return orjson.loads(data), False
+    except _Decode:
+        return json.loads(data), True
+
+
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON; a lone surrogate that slipped through (e.g. from an upstream) becomes
     U+FFFD instead of failing the reply."""

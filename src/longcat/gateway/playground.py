@@ -170,9 +170,9 @@ async def run(gateway, owner: KeyOwner, ex: Exchange, secret: bytes) -> AsyncIte
     try:
         await gateway.limiter.charge_request(owner, gateway.clock.now())
         if ex.format == "openai":
-            chat = openai_chat.decode(bodies["openai"])
+            chat = openai_chat.decode(bodies["openai"], limits=gateway.limits)
         else:
-            chat = anthropic.decode(bodies["anthropic"], verify_thinking=signer.verify_thinking)
+            chat = anthropic.decode(bodies["anthropic"], verify_thinking=signer.verify_thinking, limits=gateway.limits)
         call = await gateway.admit(owner, chat, endpoint="playground")
     except ApiError as err:
         yield "error", error_bodies(err)

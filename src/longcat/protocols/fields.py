@@ -29,7 +29,7 @@ def parse_json_object(raw: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     if not raw.strip():
         raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        body = jsonutil.loads(raw)
+        body, lenient = jsonutil.loads_noting_fallback(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
@@ -41,7 +41,8 @@ def parse_json_object(raw: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     # Each level takes two bytes at least, so a short body cannot be too deep.
     if len(raw) > 2 * max_depth and not _within_depth(body, max_depth):
         raise _too_deep(max_depth)
-    if _SURROGATE_ESCAPE.search(raw) is not None:
+    # orjson refuses lone surrogates, so only a body the standard library parsed can hold one.
+    if lenient and _SURROGATE_ESCAPE.search(raw) is not None:
         _replace_surrogates(body)
     return body
 
@@ -70,7 +71,7 @@ def _within_depth(body: dict[str, Any], max_depth: int) -> bool:
 def _replace_surrogates(body: dict[str, Any]) -> None:
     """Lone UTF-16 surrogates are valid JSON escapes but not text (they cannot be encoded,
     tokenized or stored): each becomes U+FFFD, as a browser would. Only for bodies holding such an
-    escape, so the walk costs nothing to the others."""
+    escape, so neither the walk nor the scan for one costs the others anything."""
     stack: list[Any] = [body]
     while stack:
         node = stack.pop()
