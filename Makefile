@@ -27,7 +27,7 @@ test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -q -n auto --dist loadfile -m "not agent and not embedded" $(ARGS)
 
 # CI runs tests/hostile/ with a few derandomized examples per test; this explores with fresh
-# randomness and many more (about 15 minutes at 500).
+# randomness and many more (about 35 minutes at 500 on 2 cores).
 FUZZ_EXAMPLES ?= 500
 fuzz: $(VENV)/.dev-installed
 	LONGCAT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -m fuzz -o timeout=3600 tests/hostile $(ARGS)

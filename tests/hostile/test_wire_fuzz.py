@@ -122,15 +122,15 @@ def test_malformed_bytes(server, client, route):
 WRONG = [None, True, "x", [], {}, -1, 1e308, math.nan, 2**64, {"type": "bogus"}]
 
 
-@pytest.mark.parametrize("route", BODY_ROUTES)
+@pytest.mark.parametrize("route", [r for r in BODY_ROUTES if "/v1/" in r])  # the bare aliases share the handlers
 def test_a_wrong_value_at_every_field(server, client, route):
     """Each field of the recorded requests (one of each shape: list positions taken once) holds
-    in turn a value of a wrong type, an absurd number and a raw splice (`make fuzz`: every one of
-    them); none gets a 5xx."""
+    in turn a value of a wrong type and an absurd number or a raw splice (`make fuzz`: every one
+    of them); none gets a 5xx."""
     sent = 0
     for n, (seed, path) in enumerate(shapes(seeds(route))):
-        values = [*WRONG, *RAW_VALUES, *ABSURD_NUMBERS] if fuzzing() else [
-            WRONG[n % len(WRONG)], RAW_VALUES[n % len(RAW_VALUES)], ABSURD_NUMBERS[n % len(ABSURD_NUMBERS)]]
+        odd = RAW_VALUES[n // 2 % len(RAW_VALUES)] if n % 2 else ABSURD_NUMBERS[n // 2 % len(ABSURD_NUMBERS)]
+        values = [*WRONG, *RAW_VALUES, *ABSURD_NUMBERS] if fuzzing() else [WRONG[n % len(WRONG)], odd]
         for value in values:
             body = copy.deepcopy(seed)
             node = body

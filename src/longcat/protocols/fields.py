@@ -53,8 +53,8 @@ def _too_deep(max_depth: int) -> ApiError:
 
 def _within_depth(body: dict[str, Any], max_depth: int) -> bool:
     """Whether `body` nests at most `max_depth` levels. One level at a time, looking only at
-    objects and arrays: this runs on every request body (about 60 us for a 70 KB agent request,
-    against 50 us for parsing it)."""
+    objects and arrays: this runs on every request body (about 35 us for a 40 KB agent request,
+    as much as parsing it; bench/body_checks.py)."""
     level: list[Any] = [body]
     depth = 1
     while level:
