@@ -100,6 +100,7 @@ def test_row_ids():
     for bad in ("99999999999999999999999", str(2**63), "0", "-1", "1e3", "²", "١٢", "", "abc", None, True, 1.5, [1]):
         assert row_id(bad) is None, bad
     assert row_id(str(2**63 - 1)) == 2**63 - 1
+    assert row_id("0", minimum=0) == 0 and row_id("-1", minimum=0) is None
 
 
 def test_the_envelope_follows_the_path():

@@ -42,7 +42,7 @@ _NOT_FOUND = {
 MAX_ROW_ID = 2**63 - 1
 
 
-def row_id(value: Any) -> int | None:
+def row_id(value: Any, minimum: int = 1) -> int | None:
     """A database id from a path, a query or a form, or None for anything else: a number too large
     for the column is not an id either (SQLite raises OverflowError for it and PostgreSQL a
     DataError, a 500 both). Only ASCII digits: `str.isdigit` also takes '²', which `int` refuses."""
@@ -50,7 +50,7 @@ def row_id(value: Any) -> int | None:
     if not text.isascii() or not text.isdigit():
         return None
     number = int(text)
-    return number if 0 < number <= MAX_ROW_ID else None
+    return number if minimum <= number <= MAX_ROW_ID else None
 
 
 def not_found(what: str = "key") -> ActionError:
