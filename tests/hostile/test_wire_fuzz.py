@@ -53,6 +53,9 @@ FEEDBACK = [
 # GET / DELETE routes: their path parameters and queries are fuzzed.
 READ_ROUTES = [
     ("GET", "/health"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),  # with the fuzzer's API key, never the metrics token: always refused
     ("GET", "/openai/v1/responses/{response_id}"),
     ("DELETE", "/openai/v1/responses/{response_id}"),
     ("GET", "/openai/responses/{response_id}"),

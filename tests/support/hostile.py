@@ -40,6 +40,7 @@ daily_quota = 100000000000
 daily_quota_cap = 100000000000
 login_rpm_ip = 100000
 login_rpm_account = 100000
+metrics_token = "hostile-metrics-token"
 """
 
 # The catalog's models a mutated request may name (not mock-slow: its replies take seconds).
@@ -89,7 +90,7 @@ def family(path: str) -> str:
     """Which error envelope a path answers with."""
     if path.startswith("/anthropic"):
         return "anthropic"
-    if path.startswith("/openai") or path.startswith("/api/v1") or path == "/health":
+    if path.startswith(("/openai", "/api/v1")) or path in ("/health", "/healthz", "/readyz", "/metrics"):
         return "openai"
     return "page"
 
