@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, Server, free_port, write_config
+from tests.support.server import REPO, Server, free_port, usage_lines, write_config
 
 pytestmark = pytest.mark.agent
 
@@ -107,7 +107,8 @@ def test_claude_code_runs_the_scripted_bash_call_and_answers(scripted_server, tm
     assert (workdir / MARKER).read_text().strip() == "claude-code-ran"  # the command really ran
     # Usage flowed through: Claude Code read input and output tokens from the stream.
     assert report["usage"]["input_tokens"] > 1000 and report["usage"]["output_tokens"] > 0
-    assert "outcome=ok" in scripted_server.log() and "endpoint=messages" in scripted_server.log()
+    ran = [a for a in usage_lines(scripted_server, model) if a["endpoint"] == "/anthropic/v1/messages"]
+    assert ran and all(a["outcome"] == "ok" for a in ran), ran
 
 
 @pytest.mark.embedded
