@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from longcat.canonical import ApiError
 
@@ -51,17 +51,23 @@ class ReplicaStats:
     latency_seconds_total: float
 
 
-def replica_label(url: str) -> str:
-    """host:port of a base URL (the scheme's port if it names none)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
+def host_and_port(parts: SplitResult) -> tuple[str, int | None]:
+    """The host of a split URL as it is written in one (IPv6 in brackets), and its port if it
+    names a valid one."""
+    host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
     try:
-        port = parts.port
+        return host, parts.port
     except ValueError:
-        port = None
-    return f"{host}:{port or (443 if parts.scheme == 'https' else 80)}"
+        return host, None
+
+
+def replica_label(url: str) -> str:
+    """host:port of a base URL (the scheme's port if it names none)."""
+    parts = urlsplit(url)
+    host, port = host_and_port(parts)
+    return f"{host or '?'}:{port or (443 if parts.scheme == 'https' else 80)}"
 
 
 @dataclass(slots=True, eq=False)

@@ -45,7 +45,17 @@ from longcat.engines import http1
 from longcat.engines.base import CallContext, Engine
 from longcat.engines.options import reject_unknown
 from longcat.engines.probe import ReplicaProbe
-from longcat.engines.replicas import BUSY, FAILED, LEFT, OK, Lease, Replica, ReplicaSet, ReplicaStats
+from longcat.engines.replicas import (
+    BUSY,
+    FAILED,
+    LEFT,
+    OK,
+    Lease,
+    Replica,
+    ReplicaSet,
+    ReplicaStats,
+    host_and_port,
+)
 from longcat.observe import metrics
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -257,13 +267,7 @@ def safe_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<invalid URL>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
+    host, port = host_and_port(parts)
     netloc = host + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
