@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from tests.support.load import keep_in_flight
 from tests.support.server import Server, free_port, write_config
 
 CONFIG = """
@@ -63,17 +64,7 @@ def test_kill_9_loses_no_committed_usage(tmp_path):
 
     async def load() -> None:
         async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-            tasks: set[asyncio.Task] = set()
-            i = 0
-            deadline = time.monotonic() + 20
-            while not stop.is_set() and time.monotonic() < deadline:
-                while len(tasks) < 30:
-                    task = asyncio.create_task(one(client, i))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    i += 1
-                await asyncio.sleep(0.01)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await keep_in_flight(one, client, 30, stop, 20)
 
     loader = threading.Thread(target=lambda: asyncio.run(load()))
     loader.start()

@@ -26,6 +26,7 @@ import openai
 import pytest
 
 from tests.support.console import ApiUser, admin_password
+from tests.support.load import keep_in_flight
 from tests.support.nginx import SERVER_NAME, Nginx, nginx_binary
 from tests.support.server import Server, free_port, pg_query, scale_out_backend, usage_lines, write_config
 
@@ -403,17 +404,7 @@ def test_kill_9_of_one_replica_mid_load(fleet):
         limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(base_url=fleet.nginx.plain_url, headers={"Authorization": f"Bearer {key}"},
                                      limits=limits, timeout=30) as client:
-            tasks: set[asyncio.Task] = set()
-            i = 0
-            deadline = time.monotonic() + 30
-            while not stop.is_set() and time.monotonic() < deadline:
-                while len(tasks) < concurrency:
-                    task = asyncio.create_task(one(client, i))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    i += 1
-                await asyncio.sleep(0.01)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await keep_in_flight(one, client, concurrency, stop, 30)
 
     loader = threading.Thread(target=lambda: asyncio.run(load()))
     loader.start()
