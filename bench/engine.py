@@ -1,6 +1,6 @@
 """The embedded engine under concurrent streams, against llama.cpp's own server, in one run.
 
-    .venv/bin/python bench/engine.py [--tokens 128] [--streams 1,4,8] [--skip-llama-server]
+    .venv/bin/python bench/engine.py [--tokens 128] [--streams 1,4,8] [--rounds 3] [--skip-llama-server]
 
 For 1, 4 and 8 simultaneous streams of `--tokens` tokens each (`ignore_eos`, so every stream
 generates exactly that many), prints the aggregate tokens/s and the longest time to first
@@ -14,8 +14,11 @@ token, for:
 - llama.cpp's server core alone through xllamacpp (what the embedded engine runs on), over its
   own HTTP listener with 8 slots: the platform's overhead.
 
-Every figure is printed as a ratio against llama-server (or, when it is skipped, against the
-core alone). Then the prompt cache: time to first token of the second turn of a 4,000-token
+All three run at once, each idle while another is measured: every target is warmed up through all
+its slots, then each round measures every cell on every target in turn, and each cell printed is
+the median round (with the range of all rounds), so a slow spell of the machine (this one's speed
+drifts by 10-20 % over minutes) falls on every target alike. Every figure is printed as a ratio
+against llama-server (or, when it is skipped, against the core alone). Then the prompt cache: time to first token of the second turn of a 4,000-token
 conversation, served from the account's cached prefix vs computed afresh (another account).
 """
 
@@ -99,13 +102,19 @@ async def concurrent(url: str, headers: dict, model: str, streams: int, tokens: 
     return Run(sum(n for n, _ in results), seconds, max(t for _, t in results))
 
 
-def measure(url: str, headers: dict, model: str, streams: list[int], tokens: int) -> dict[int, Run]:
-    asyncio.run(concurrent(url, headers, model, 1, 8))  # warm up
-    out = {}
-    for n in streams:
-        time.sleep(1)  # llama.cpp's threads spin a while after work: start each run on idle cores
-        out[n] = asyncio.run(concurrent(url, headers, model, n, tokens))
-    return out
+def warm_up(url: str, headers: dict, model: str, streams: int, tokens: int) -> None:
+    """Every slot once: the first run through fresh KV-cache memory is slower (page faults)."""
+    asyncio.run(concurrent(url, headers, model, streams, tokens))
+
+
+def run_once(url: str, headers: dict, model: str, streams: int, tokens: int) -> Run:
+    time.sleep(1)  # llama.cpp's threads spin a while after work: start each run on idle cores
+    return asyncio.run(concurrent(url, headers, model, streams, tokens))
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The round with the median rate (its own time to first token with it)."""
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
 
 
 # ------------------------------------------------------------------ the baselines
@@ -230,49 +239,70 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", default="1,4,8")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-llama-server", action="store_true")
     args = parser.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
     threads = os.cpu_count() or 1
-    results: dict[str, dict[int, Run]] = {}
+    # name -> (url, headers, model); all run at once, idle between their turns.
+    targets: dict[str, tuple[str, dict, str]] = {}
+    procs: list[subprocess.Popen] = []
+    server: Server | None = None
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        binary = None if args.skip_llama_server else build_llama_server()
-        if binary is not None:
+        try:
+            binary = None if args.skip_llama_server else build_llama_server()
+            if binary is not None:
+                port = free_port()
+                proc = start_llama_server(binary, port, threads, tmp_path / "llama-server.log")
+                procs.append(proc)
+                try:
+                    wait_ready(f"http://127.0.0.1:{port}", proc, "llama-server")
+                    targets["llama-server --parallel 8"] = (f"http://127.0.0.1:{port}/v1/chat/completions", {}, "smollm2")
+                except RuntimeError as exc:
+                    print(f"  (llama-server skipped: {exc}; see its log below)\n{(tmp_path / 'llama-server.log').read_text()[-2000:]}")
+
             port = free_port()
-            proc = start_llama_server(binary, port, threads, tmp_path / "llama-server.log")
-            try:
-                wait_ready(f"http://127.0.0.1:{port}", proc, "llama-server")
-                results["llama-server --parallel 8"] = measure(f"http://127.0.0.1:{port}/v1/chat/completions", {}, "smollm2", streams, args.tokens)
-            except RuntimeError as exc:
-                print(f"  (llama-server skipped: {exc}; see its log below)\n{(tmp_path / 'llama-server.log').read_text()[-2000:]}")
-            finally:
-                stop(proc)
-
-        port = free_port()
-        proc = start_core(port, threads, tmp_path / "core.log")
-        try:
+            proc = start_core(port, threads, tmp_path / "core.log")
+            procs.append(proc)
             wait_ready(f"http://127.0.0.1:{port}", proc, "xllamacpp")
-            results["llama.cpp core alone (xllamacpp, 8 slots)"] = measure(f"http://127.0.0.1:{port}/v1/chat/completions", {}, "smollm2", streams, args.tokens)
-        finally:
-            stop(proc)
+            targets["llama.cpp core alone (xllamacpp, 8 slots)"] = (f"http://127.0.0.1:{port}/v1/chat/completions", {}, "smollm2")
 
-        config = write_config(tmp_path / "config.toml", f'[[models]]\nid = "{MODEL}"\nengine = "embedded"\n')
-        server = Server(tmp_path / "data", config, free_port()).start()
-        try:
+            config = write_config(tmp_path / "config.toml", f'[[models]]\nid = "{MODEL}"\nengine = "embedded"\n')
+            server = Server(tmp_path / "data", config, free_port()).start()
             key = server.new_key("bench@example.com")
-            detail = httpx.get(server.base_url + f"/openai/v1/models/{MODEL}", headers={"Authorization": f"Bearer {key}"}).json()
+            auth = {"Authorization": f"Bearer {key}"}
+            detail = httpx.get(server.base_url + f"/openai/v1/models/{MODEL}", headers=auth).json()
             slots = (detail.get("engine") or detail.get("serving") or {}).get("slots", "?")
-            results[f"platform HTTP API ({slots} slots)"] = measure(
-                server.base_url + "/openai/v1/chat/completions", {"Authorization": f"Bearer {key}"}, MODEL, streams, args.tokens)
+            targets[f"platform HTTP API ({slots} slots)"] = (server.base_url + "/openai/v1/chat/completions", auth, MODEL)
+
+            # Rounds of every cell for every target in turn, so a slow spell of the machine falls
+            # on all of them alike; each cell is the median round.
+            for url, headers, model in targets.values():
+                warm_up(url, headers, model, max(streams), args.tokens)
+            rounds: dict[str, dict[int, list[Run]]] = {name: {n: [] for n in streams} for name in targets}
+            for r in range(args.rounds):
+                for n in streams:
+                    for name, (url, headers, model) in targets.items():
+                        run = run_once(url, headers, model, n, args.tokens)
+                        rounds[name][n].append(run)
+                print(f"  round {r + 1} of {args.rounds} done", flush=True)
+            results = {name: {n: median_run(runs) for n, runs in cells.items()} for name, cells in rounds.items()}
+
+            for p in procs:  # the prompt cache below runs on idle cores
+                stop(p)
             cached, fresh, prompt = prompt_cache(server, key, server.new_key("bench-other@example.com"))
         finally:
-            server.stop()
+            for p in procs:
+                stop(p)
+            if server is not None:
+                server.stop()
 
     base_name = next(iter(results))
     base = results[base_name]
-    print(f"\nengine benchmark: SmolLM2-135M-Instruct Q4_1, {threads} threads, {args.tokens} tokens per stream (ignore_eos)")
+    print(f"\nengine benchmark: SmolLM2-135M-Instruct Q4_1, {threads} threads, {args.tokens} tokens per stream (ignore_eos), "
+          f"median of {args.rounds} interleaved rounds")
     print(f"  ratios against: {base_name}")
     print(f"  {'':44s}" + "".join(f"{f'{n} stream' + ('s' if n > 1 else ''):>28s}" for n in streams))
     for name, runs in results.items():
@@ -281,6 +311,9 @@ def main() -> int:
         )
         print(f"  {name:44s}{cells}")
     print("  (each cell: aggregate tokens/s, ratio to the baseline, longest time to first token)")
+    spread = {name: {n: (min(r.rate for r in rs), max(r.rate for r in rs)) for n, rs in cells.items()} for name, cells in rounds.items()}
+    for name, cells in spread.items():
+        print(f"  {name:44s}" + "".join(f"{f'range {lo:.0f}-{hi:.0f}':>28s}" for lo, hi in cells.values()))
     print(f"\nprompt cache: second turn of a {prompt:,}-token conversation, time to first token")
     print(f"  cached prefix (same account): {cached:6.2f} s   computed afresh (another account): {fresh:6.2f} s   "
           f"speed-up {fresh / cached:5.1f}x (goal >= 5x)")
