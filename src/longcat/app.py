@@ -157,14 +157,15 @@ def create_app(settings: Settings) -> Starlette:
             await catalog.close()
             await db.dispose()
 
+    # The router tries routes in order: the wire API's first, as nearly every request is one.
     routes = [
+        *openai_routes.routes(),
+        *anthropic_routes.routes(),
+        *responses_routes.routes(),
         Route("/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
-        *responses_routes.routes(),
-        *openai_routes.routes(),
-        *anthropic_routes.routes(),
         *platform_routes.routes(),
         *docs_routes(),
         *console_routes(),

@@ -467,10 +467,18 @@ class SSEDecoder:
             text = text[1:]
         if text:
             self._after_cr = text.endswith("\r")
-        *lines, self._buf = (self._buf + text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            if "\r" in text:  # (the held-back rest never has one: it was split on them already)
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, self._buf = (self._buf + text).split("\n")
         if len(self._buf) > MAX_SSE_LINE:
             raise ValueError("an SSE line longer than 16 MiB")
-        return [event for line in lines if (event := self._line(line)) is not None]
+        out: list[SSEvent] = []
+        for line in lines:
+            if line.startswith("data: "):  # nearly every line: no need for the general parse
+                self._data.append(line[6:])
+            elif (event := self._line(line)) is not None:
+                out.append(event)
+        return out
 
     def close_events(self) -> list[SSEvent]:
         """At the end of the body: an unterminated last event still counts (lenient)."""
