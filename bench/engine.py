@@ -1,6 +1,6 @@
 """The embedded engine under concurrent streams, against llama.cpp's own server, in one run.
 
-    .venv/bin/python bench/engine.py [--tokens 128] [--streams 1,4,8] [--rounds 3] [--skip-llama-server]
+    .venv/bin/python bench/engine.py [--tokens 128] [--streams 1,4,8] [--rounds 5] [--skip-llama-server]
 
 For 1, 4 and 8 simultaneous streams of `--tokens` tokens each (`ignore_eos`, so every stream
 generates exactly that many), prints the aggregate tokens/s and the longest time to first
@@ -15,11 +15,13 @@ token, for:
   own HTTP listener with 8 slots: the platform's overhead.
 
 All three run at once, each idle while another is measured: every target is warmed up through all
-its slots, then each round measures every cell on every target in turn, and each cell printed is
+its slots, then each round measures every cell on every target in turn (the order rotating from
+round to round, every prompt new so none is a cache hit), and each cell printed is
 the median round (with the range of all rounds), so a slow spell of the machine (this one's speed
 drifts by 10-20 % over minutes) falls on every target alike. Every figure is printed as a ratio
-against llama-server (or, when it is skipped, against the core alone). Then the prompt cache: time to first token of the second turn of a 4,000-token
-conversation, served from the account's cached prefix vs computed afresh (another account).
+against llama-server (or, when it is skipped, against the core alone). Then the prompt cache:
+time to first token of the second turn of a 4,000-token conversation, served from the account's
+cached prefix vs computed afresh (another account).
 """
 
 from __future__ import annotations
@@ -80,11 +82,13 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict, headers: dict
     return tokens, (first or time.perf_counter()) - started
 
 
-async def concurrent(url: str, headers: dict, model: str, streams: int, tokens: int) -> Run:
+async def concurrent(url: str, headers: dict, model: str, streams: int, tokens: int, tag: str = "") -> Run:
+    """`tag` opens every prompt: a new tag, a prompt no slot has cached (time to first token is
+    then that of a short prompt, not of a cache hit)."""
     bodies = [
         {
             "model": model,
-            "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}],
+            "messages": [{"role": "user", "content": f"{tag}Write a long story about {TOPICS[i % len(TOPICS)]}."}],
             "max_tokens": tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -107,9 +111,9 @@ def warm_up(url: str, headers: dict, model: str, streams: int, tokens: int) -> N
     asyncio.run(concurrent(url, headers, model, streams, tokens))
 
 
-def run_once(url: str, headers: dict, model: str, streams: int, tokens: int) -> Run:
+def run_once(url: str, headers: dict, model: str, streams: int, tokens: int, tag: str) -> Run:
     time.sleep(1)  # llama.cpp's threads spin a while after work: start each run on idle cores
-    return asyncio.run(concurrent(url, headers, model, streams, tokens))
+    return asyncio.run(concurrent(url, headers, model, streams, tokens, tag))
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -239,7 +243,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", default="1,4,8")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-llama-server", action="store_true")
     args = parser.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
@@ -282,10 +286,13 @@ def main() -> int:
             for url, headers, model in targets.values():
                 warm_up(url, headers, model, max(streams), args.tokens)
             rounds: dict[str, dict[int, list[Run]]] = {name: {n: [] for n in streams} for name in targets}
+            names = list(targets)
             for r in range(args.rounds):
+                order = names[r % len(names):] + names[: r % len(names)]  # no target always first
                 for n in streams:
-                    for name, (url, headers, model) in targets.items():
-                        run = run_once(url, headers, model, n, args.tokens)
+                    for name in order:
+                        url, headers, model = targets[name]
+                        run = run_once(url, headers, model, n, args.tokens, tag=f"({r + 1}.{n}) ")
                         rounds[name][n].append(run)
                 print(f"  round {r + 1} of {args.rounds} done", flush=True)
             results = {name: {n: median_run(runs) for n, runs in cells.items()} for name, cells in rounds.items()}

@@ -172,9 +172,7 @@ class BodyReader:
     async def _receive(self, request: Request, deadline: float) -> dict[str, Any]:
         left = deadline - asyncio.get_running_loop().time()
         try:
-            # (A timeout scope, not `wait_for`: no task per body message.)
-            async with asyncio.timeout(max(0.0, min(self.idle_timeout, left))):
-                message = await request.receive()
+            message = await asyncio.wait_for(request.receive(), max(0.0, min(self.idle_timeout, left)))
         except TimeoutError:
             why = (
                 f"nothing came for {self.idle_timeout:g} seconds"
