@@ -77,10 +77,13 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	touch $(VENV)/.installed $@
 
 # OpenClaw needs Node >= 24: it lives in $(AGENTS)/openclaw, installed by the postinstall of
-# $(AGENTS) with that package's node@24 first on PATH.
+# $(AGENTS) with that package's node@24 first on PATH. Tried a second time from scratch if the
+# first fails: a platform binary (an optional dependency) whose download breaks is dropped
+# silently by npm, and the package's own postinstall then fails (seen with @kilocode/cli).
 $(AGENTS)/node_modules/.installed: $(AGENTS)/package.json $(AGENTS)/package-lock.json \
 		$(AGENTS)/openclaw/package.json $(AGENTS)/openclaw/package-lock.json
-	cd $(AGENTS) && npm install --no-audit --no-fund
+	cd $(AGENTS) && { npm install --no-audit --no-fund || \
+		{ echo "npm install failed; once more from scratch"; rm -rf node_modules openclaw/node_modules; npm install --no-audit --no-fund; }; }
 	touch $@
 
 clean:
